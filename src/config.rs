@@ -1,0 +1,205 @@
+//! Configuration: every flag of `hail serve` is also an environment variable, and every
+//! dispatch number carries its unit in its name (DESIGN §3 "Running it", §4).
+
+use std::net::SocketAddr;
+
+use clap::Args;
+
+use crate::trip::Tariff;
+
+/// `hail serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    #[arg(long, env = "HAIL_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Store: `sqlite://path.db` (created and migrated if missing) or `postgres://…`.
+    #[arg(long, env = "HAIL_DATABASE_URL", default_value = "sqlite://hail.db")]
+    pub database_url: String,
+
+    /// Operator bearer token. If unset, one is generated and printed once at start.
+    #[arg(long, env = "HAIL_OPERATOR_TOKEN", hide_env_values = true)]
+    pub operator_token: Option<String>,
+
+    /// Largest number of store connections held open.
+    #[arg(long, env = "HAIL_DB_MAX_CONNECTIONS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub db_max_connections: u32,
+
+    /// How long a request waits for a store connection before it answers 503.
+    #[arg(long, env = "HAIL_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 3_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub db_acquire_timeout_ms: u64,
+
+    /// Largest number of WebSocket connections served at once; more are refused with 503.
+    #[arg(long, env = "HAIL_MAX_SOCKETS", default_value_t = 300_000)]
+    pub max_sockets: usize,
+
+    #[command(flatten)]
+    pub dispatch: DispatchConfig,
+
+    #[command(flatten)]
+    pub tariff: TariffConfig,
+}
+
+/// Dispatch policy, DESIGN §4.
+#[derive(Debug, Clone, Args)]
+pub struct DispatchConfig {
+    /// How long a driver has to answer an offer.
+    #[arg(long, env = "HAIL_OFFER_TIMEOUT_MS", default_value_t = 15_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub offer_timeout_ms: u64,
+
+    /// A trip nobody accepted within this long after it was requested expires.
+    #[arg(long, env = "HAIL_DISPATCH_DEADLINE_MS", default_value_t = 120_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub dispatch_deadline_ms: u64,
+
+    /// Candidate search radii, widened in order while no candidate is found.
+    #[arg(long, env = "HAIL_SEARCH_RADIUS_M", default_value = "3000,6000,10000",
+          value_delimiter = ',', num_args = 1..)]
+    pub search_radius_m: Vec<f64>,
+
+    /// How many nearest candidates are ranked by ETA.
+    #[arg(long, env = "HAIL_MAX_CANDIDATES", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub max_candidates: u32,
+
+    /// A driver without a ping for this long is not dispatchable.
+    #[arg(long, env = "HAIL_STALE_AFTER_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stale_after_ms: u64,
+
+    /// A driver whose socket dropped and who has not pinged for this long is offline.
+    #[arg(long, env = "HAIL_OFFLINE_AFTER_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub offline_after_ms: u64,
+
+    /// How often a trip without candidates is searched again.
+    #[arg(long, env = "HAIL_DISPATCH_RETRY_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub dispatch_retry_ms: u64,
+
+    /// Road distance over straight-line distance, for ETAs and fare estimates.
+    #[arg(long, env = "HAIL_DETOUR_FACTOR", default_value_t = 1.3)]
+    pub detour_factor: f64,
+
+    /// Average urban driving speed in metres per second (7 m/s ≈ 25 km/h).
+    #[arg(long, env = "HAIL_URBAN_SPEED_MPS", default_value_t = 7.0)]
+    pub urban_speed_mps: f64,
+
+    /// Least time between two `driver_location` messages on a trip stream.
+    #[arg(
+        long,
+        env = "HAIL_DRIVER_LOCATION_INTERVAL_MS",
+        default_value_t = 1_000
+    )]
+    pub driver_location_interval_ms: u64,
+}
+
+/// Fares, DESIGN §2. Defaults follow Seoul's 2024 day tariff (4,800 won base, 100 won per
+/// 131 m, 100 won per 30 s).
+#[derive(Debug, Clone, Args)]
+pub struct TariffConfig {
+    #[arg(long, env = "HAIL_FARE_BASE", default_value_t = 4_800)]
+    pub fare_base: i64,
+    #[arg(long, env = "HAIL_FARE_PER_KM", default_value_t = 763)]
+    pub fare_per_km: i64,
+    #[arg(long, env = "HAIL_FARE_PER_MINUTE", default_value_t = 200)]
+    pub fare_per_minute: i64,
+    #[arg(long, env = "HAIL_FARE_CURRENCY", default_value = "KRW")]
+    pub fare_currency: String,
+}
+
+impl TariffConfig {
+    pub fn tariff(&self) -> Tariff {
+        Tariff {
+            base: self.fare_base,
+            per_km: self.fare_per_km,
+            per_minute: self.fare_per_minute,
+            currency: self.fare_currency.clone(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Defaults, as `hail serve` with no flags and no environment would have them.
+    pub fn new(listen: SocketAddr, database_url: impl Into<String>) -> ServerConfig {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: ServerConfig,
+        }
+        // Parse from an empty command line but ignore the environment, so tests and the
+        // simulator get the documented defaults whatever the caller's shell has set.
+        let command = <Wrapper as clap::CommandFactory>::command();
+        let command = command.mut_args(|arg| arg.env(None::<&str>));
+        let matches = command.get_matches_from(["hail"]);
+        let wrapper = <Wrapper as clap::FromArgMatches>::from_arg_matches(&matches)
+            .expect("the defaults parse");
+        let mut config = wrapper.config;
+        config.listen = listen;
+        config.database_url = database_url.into();
+        config
+    }
+
+    /// Problems clap's per-flag checks cannot see.
+    pub fn validate(&self) -> Result<(), String> {
+        let d = &self.dispatch;
+        if d.search_radius_m.is_empty()
+            || d.search_radius_m
+                .iter()
+                .any(|r| !r.is_finite() || *r <= 0.0)
+        {
+            return Err("HAIL_SEARCH_RADIUS_M must be positive distances in metres".into());
+        }
+        if !(d.detour_factor.is_finite() && d.detour_factor >= 1.0) {
+            return Err("HAIL_DETOUR_FACTOR must be at least 1".into());
+        }
+        if !(d.urban_speed_mps.is_finite() && d.urban_speed_mps > 0.0) {
+            return Err("HAIL_URBAN_SPEED_MPS must be positive".into());
+        }
+        if d.offline_after_ms < d.stale_after_ms {
+            return Err(
+                "HAIL_OFFLINE_AFTER_MS must not be shorter than HAIL_STALE_AFTER_MS".into(),
+            );
+        }
+        if let Some(token) = &self.operator_token
+            && token.len() < 16
+        {
+            return Err("HAIL_OPERATOR_TOKEN must be at least 16 characters".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_design() {
+        let config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), "sqlite::memory:");
+        assert_eq!(config.dispatch.offer_timeout_ms, 15_000);
+        assert_eq!(config.dispatch.dispatch_deadline_ms, 120_000);
+        assert_eq!(
+            config.dispatch.search_radius_m,
+            vec![3_000.0, 6_000.0, 10_000.0]
+        );
+        assert_eq!(config.dispatch.stale_after_ms, 30_000);
+        assert_eq!(config.dispatch.offline_after_ms, 60_000);
+        assert_eq!(config.tariff.fare_currency, "KRW");
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn validation_catches_nonsense() {
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), "sqlite::memory:");
+        config.dispatch.search_radius_m = vec![3_000.0, -1.0];
+        assert!(config.validate().is_err());
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), "sqlite::memory:");
+        config.operator_token = Some("short".into());
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,741 @@
+//! The REST gateway (DESIGN §3): routing, authentication, and handlers that turn requests
+//! into store transitions and dispatcher calls. Handlers stay thin: the rules live in
+//! `trip` (state machine), `dispatch` (offers) and `store` (atomicity).
+
+use std::collections::HashMap;
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State},
+    http::{HeaderMap, StatusCode, header, request::Parts},
+    response::{Html, IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use utoipa::{OpenApi, ToSchema};
+
+use crate::{
+    error::{ApiError, ApiJson, ErrorBody, parse_json, read_body},
+    fleet::{DriverState, DriverView},
+    geometry::LatLng,
+    hub::WithdrawReason,
+    server::AppState,
+    store::{NewTrip, Role, SNAPSHOT_TERMINAL_TRIPS, StoreError},
+    trip::{Change, EventKind, Money, Trip, TripEvent, TripState},
+};
+
+/// Largest request body. Every request of the contract fits in well under 1 KiB.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+const MAX_NAME_CHARS: usize = 100;
+const MAX_PLATE_CHARS: usize = 20;
+const MAX_REASON_CHARS: usize = 500;
+const MAX_IDEMPOTENCY_KEY_CHARS: usize = 200;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/passengers", post(create_passenger))
+        .route("/v1/drivers", post(create_driver))
+        .route("/v1/trips", post(create_trip))
+        .route("/v1/trips/{id}", get(get_trip))
+        .route("/v1/trips/{id}/events", get(trip_events))
+        .route("/v1/trips/{id}/cancel", post(cancel_trip))
+        .route("/v1/trips/{id}/arrive", post(arrive))
+        .route("/v1/trips/{id}/start", post(start))
+        .route("/v1/trips/{id}/complete", post(complete))
+        .route("/v1/trips/{id}/assign", post(assign))
+        .route("/v1/offers/{id}/accept", post(accept_offer))
+        .route("/v1/offers/{id}/decline", post(decline_offer))
+        .route("/v1/ops/snapshot", get(snapshot))
+        .route("/v1/driver/ws", get(crate::ws::driver_socket))
+        .route("/v1/trips/{id}/ws", get(crate::ws::trip_socket))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .route("/", get(console))
+        .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub id: String,
+    pub role: Role,
+}
+
+impl Principal {
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.role == role {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "only a {} may do this",
+                role_name(role)
+            )))
+        }
+    }
+
+    /// Whether this caller may see the trip: its passenger, its driver, or an operator.
+    pub fn can_see(&self, trip: &Trip) -> bool {
+        match self.role {
+            Role::Operator => true,
+            Role::Passenger => trip.passenger_id == self.id,
+            Role::Driver => trip.driver_id.as_deref() == Some(self.id.as_str()),
+        }
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Passenger => "passenger",
+        Role::Driver => "driver",
+        Role::Operator => "operator",
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    /// `Authorization: Bearer <token>`; on a WebSocket upgrade also `?token=`, since
+    /// browsers cannot set headers there. Tokens are never logged.
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let from_header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| {
+                value
+                    .strip_prefix("Bearer ")
+                    .or_else(|| value.strip_prefix("bearer "))
+            })
+            .map(|token| token.trim().to_string());
+        let is_upgrade = parts
+            .headers
+            .get(header::UPGRADE)
+            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        let from_query = || {
+            let query = parts.uri.query()?;
+            let pairs: HashMap<String, String> = serde_urlencoded_pairs(query);
+            pairs.get("token").cloned()
+        };
+        let token = match from_header {
+            Some(token) => Some(token),
+            None if is_upgrade => from_query(),
+            None => None,
+        };
+        let Some(token) = token.filter(|t| !t.is_empty() && t.len() <= 256) else {
+            return Err(ApiError::unauthorized());
+        };
+        match state.authenticate(&token).await? {
+            Some((id, role)) => Ok(Principal { id, role }),
+            None => Err(ApiError::unauthorized()),
+        }
+    }
+}
+
+fn serde_urlencoded_pairs(query: &str) -> HashMap<String, String> {
+    Query::<HashMap<String, String>>::try_from_uri(
+        &format!("/?{query}").parse().unwrap_or_default(),
+    )
+    .map(|Query(pairs)| pairs)
+    .unwrap_or_default()
+}
+
+/// Reads `after=N` (default 0) from a query string.
+pub fn after_param(query: &HashMap<String, String>) -> Result<i64, ApiError> {
+    match query.get("after") {
+        None => Ok(0),
+        Some(text) => text.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            ApiError::bad_request("invalid_after", "after must be a non-negative integer")
+        }),
+    }
+}
+
+/// A trip the caller may see; another user's trip is indistinguishable from no trip.
+pub async fn visible_trip(
+    state: &AppState,
+    principal: &Principal,
+    trip_id: &str,
+) -> Result<Trip, ApiError> {
+    match state.store.trip(trip_id).await? {
+        Some(trip) if principal.can_see(&trip) => Ok(trip),
+        _ => Err(ApiError::not_found("trip")),
+    }
+}
+
+fn valid_text(field: &str, value: &str, max_chars: usize) -> Result<String, ApiError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("{field} must not be empty"),
+        ));
+    }
+    if value.chars().count() > max_chars || value.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("{field} must be at most {max_chars} printable characters"),
+        ));
+    }
+    Ok(value.to_string())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PassengerSignup {
+    #[schema(example = "Minji")]
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct DriverSignup {
+    pub name: String,
+    pub vehicle: Vehicle,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct Vehicle {
+    #[schema(example = "12가3456")]
+    pub plate: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Credentials {
+    pub id: String,
+    /// Bearer token. Shown once; store it.
+    pub token: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TripRequest {
+    pub pickup: LatLng,
+    pub dropoff: LatLng,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct CancelRequest {
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AssignRequest {
+    pub driver_id: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventsPage {
+    pub events: Vec<TripEvent>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Snapshot {
+    pub drivers: Vec<DriverView>,
+    pub trips: Vec<Trip>,
+    pub stats: Stats,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Stats {
+    pub drivers_online: usize,
+    pub drivers_available: usize,
+    pub drivers_offered: usize,
+    pub drivers_busy: usize,
+    pub drivers_stale: usize,
+    pub drivers_offline: usize,
+    /// Trips waiting for a driver.
+    pub trips_requested: usize,
+    /// Trips with a driver attached.
+    pub trips_active: usize,
+}
+
+#[utoipa::path(post, path = "/v1/passengers", tag = "accounts", request_body = PassengerSignup,
+    responses((status = 201, body = Credentials), (status = 400, body = ErrorBody)))]
+async fn create_passenger(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<PassengerSignup>,
+) -> Result<(StatusCode, ApiJson<Credentials>), ApiError> {
+    let name = valid_text("name", &body.name, MAX_NAME_CHARS)?;
+    let account = state
+        .store
+        .create_account(Role::Passenger, &name, None)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(Credentials {
+            id: account.id,
+            token: account.token,
+        }),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/drivers", tag = "accounts", request_body = DriverSignup,
+    security(("bearer" = [])),
+    responses((status = 201, body = Credentials), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn create_driver(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(body): ApiJson<DriverSignup>,
+) -> Result<(StatusCode, ApiJson<Credentials>), ApiError> {
+    principal.require(Role::Operator)?;
+    let name = valid_text("name", &body.name, MAX_NAME_CHARS)?;
+    let plate = valid_text("vehicle.plate", &body.vehicle.plate, MAX_PLATE_CHARS)?;
+    let account = state
+        .store
+        .create_account(Role::Driver, &name, Some(&plate))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(Credentials {
+            id: account.id,
+            token: account.token,
+        }),
+    ))
+}
+
+/// Fare estimate: straight line × detour factor, at the average urban speed.
+fn estimate_fare(state: &AppState, pickup: &LatLng, dropoff: &LatLng) -> Money {
+    let dispatch = &state.config.dispatch;
+    let road_m = pickup.distance_m(dropoff) * dispatch.detour_factor;
+    state.tariff.fare(road_m, road_m / dispatch.urban_speed_mps)
+}
+
+#[utoipa::path(post, path = "/v1/trips", tag = "trips", request_body = TripRequest,
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key returns the same trip")),
+    responses((status = 201, body = Trip), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 409, body = ErrorBody, description = "active_trip_exists or idempotency_key_reused")))]
+async fn create_trip(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<TripRequest>,
+) -> Result<(StatusCode, ApiJson<Trip>), ApiError> {
+    principal.require(Role::Passenger)?;
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|key| !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_CHARS)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must be 1 to 200 visible ASCII characters",
+                    )
+                })?
+                .to_string(),
+        ),
+    };
+    let new = NewTrip {
+        passenger_id: principal.id,
+        fare_estimate: estimate_fare(&state, &body.pickup, &body.dropoff),
+        pickup: body.pickup,
+        dropoff: body.dropoff,
+        idempotency_key,
+    };
+    let (trip, created) = state.store.create_trip(new).await?;
+    if created {
+        state.metrics.transition(EventKind::Requested.as_str());
+        state.dispatcher.submit(&trip, []);
+    }
+    Ok((StatusCode::CREATED, ApiJson(trip)))
+}
+
+#[utoipa::path(get, path = "/v1/trips/{id}", tag = "trips", security(("bearer" = [])),
+    responses((status = 200, body = Trip), (status = 404, body = ErrorBody)))]
+async fn get_trip(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Trip>, ApiError> {
+    visible_trip(&state, &principal, &id).await.map(ApiJson)
+}
+
+#[utoipa::path(get, path = "/v1/trips/{id}/events", tag = "trips", security(("bearer" = [])),
+    params(("after" = Option<i64>, Query, description = "Only events with seq > after")),
+    responses((status = 200, body = EventsPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn trip_events(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<ApiJson<EventsPage>, ApiError> {
+    let after = after_param(&query)?;
+    visible_trip(&state, &principal, &id).await?;
+    let events = state.store.events_after(&id, after).await?;
+    Ok(ApiJson(EventsPage { events }))
+}
+
+/// Commits a change by the trip's driver and does what follows from it.
+async fn driver_step(
+    state: &AppState,
+    principal: &Principal,
+    trip_id: &str,
+    change: Change,
+) -> Result<Trip, ApiError> {
+    principal.require(Role::Driver)?;
+    let transition = state
+        .store
+        .transition(trip_id, &change, |trip| {
+            if trip.driver_id.as_deref() == Some(principal.id.as_str()) {
+                Ok(())
+            } else {
+                Err(StoreError::Rejected(ApiError::not_found("trip")))
+            }
+        })
+        .await?;
+    committed(
+        state,
+        &transition.event,
+        transition.before.driver_id.as_deref(),
+    );
+    Ok(transition.event.trip)
+}
+
+/// Bookkeeping after any committed trip change: fleet, metrics, fan-out.
+fn committed(state: &AppState, event: &TripEvent, previous_driver: Option<&str>) {
+    let trip = &event.trip;
+    if let Some(driver_id) = previous_driver.or(trip.driver_id.as_deref()) {
+        let mut fleet = state.fleet.lock().unwrap();
+        match event.event {
+            EventKind::Started => fleet.start_odometer(driver_id),
+            EventKind::Accepted => fleet.set_trip(driver_id, Some(trip.id.clone())),
+            _ if trip.state.has_driver() => {}
+            _ => fleet.set_trip(driver_id, None),
+        }
+    }
+    if !trip.state.has_driver() {
+        // A driver came free or a trip needs one.
+        state.dispatcher.wake();
+    }
+    state.metrics.transition(event.event.as_str());
+    state.hub.publish(event, previous_driver);
+}
+
+#[utoipa::path(post, path = "/v1/trips/{id}/arrive", tag = "trips", security(("bearer" = [])),
+    responses((status = 200, body = Trip), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn arrive(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Trip>, ApiError> {
+    driver_step(&state, &principal, &id, Change::Arrive)
+        .await
+        .map(ApiJson)
+}
+
+#[utoipa::path(post, path = "/v1/trips/{id}/start", tag = "trips", security(("bearer" = [])),
+    responses((status = 200, body = Trip), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn start(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Trip>, ApiError> {
+    driver_step(&state, &principal, &id, Change::Start)
+        .await
+        .map(ApiJson)
+}
+
+/// The final fare from the distance actually driven since `started`. If this node did not
+/// see the whole ride (it restarted mid-trip), the straight line from pickup to drop-off ×
+/// detour factor stands in as the least the ride can have been.
+#[utoipa::path(post, path = "/v1/trips/{id}/complete", tag = "trips", security(("bearer" = [])),
+    responses((status = 200, body = Trip), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn complete(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Trip>, ApiError> {
+    principal.require(Role::Driver)?;
+    let trip = visible_trip(&state, &principal, &id).await?;
+    if trip.state != TripState::InProgress {
+        return Err(
+            StoreError::InvalidTransition(crate::trip::InvalidTransition {
+                from: trip.state.as_str(),
+                event: EventKind::Completed.as_str(),
+            })
+            .into(),
+        );
+    }
+    let events = state.store.events_after(&id, 0).await?;
+    let started_at = events
+        .iter()
+        .rev()
+        .find(|e| e.event == EventKind::Started)
+        .map(|e| e.at)
+        .unwrap_or(trip.updated_at);
+    let duration_s =
+        (crate::trip::Timestamp::now().millis() - started_at.millis()).max(0) as f64 / 1_000.0;
+    let estimate_m = trip.pickup.distance_m(&trip.dropoff) * state.config.dispatch.detour_factor;
+    let driven_m = match state.fleet.lock().unwrap().odometer_m(&principal.id) {
+        Some(driven_m) => driven_m,
+        None => estimate_m,
+    };
+    let fare = state.tariff.fare(driven_m, duration_s);
+    driver_step(&state, &principal, &id, Change::Complete { fare })
+        .await
+        .map(ApiJson)
+}
+
+#[utoipa::path(post, path = "/v1/trips/{id}/cancel", tag = "trips", security(("bearer" = [])),
+    request_body(content = Option<CancelRequest>, description = "Optional"),
+    responses((status = 200, body = Trip), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+async fn cancel_trip(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<ApiJson<Trip>, ApiError> {
+    let bytes = read_body(request, &state).await?;
+    let body: CancelRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        CancelRequest::default()
+    } else {
+        parse_json(&bytes)?
+    };
+    if let Some(reason) = &body.reason {
+        valid_text("reason", reason, MAX_REASON_CHARS)?;
+    }
+    let trip = visible_trip(&state, &principal, &id).await?;
+    // The assigned driver giving a trip back before pickup re-dispatches it.
+    let change = if principal.role == Role::Driver {
+        Change::DriverCancel
+    } else {
+        Change::Cancel
+    };
+    let transition = state
+        .store
+        .transition(&trip.id, &change, |fresh| {
+            if principal.can_see(fresh) {
+                Ok(())
+            } else {
+                Err(StoreError::Rejected(ApiError::not_found("trip")))
+            }
+        })
+        .await?;
+    let event = &transition.event;
+    tracing::info!(trip_id = %id, by = role_name(principal.role), reason = body.reason.as_deref().unwrap_or(""), event = event.event.as_str(), "trip cancelled");
+    if transition.before.state == TripState::Requested {
+        state.dispatcher.trip_closed(&id, WithdrawReason::Cancelled);
+    }
+    committed(&state, event, transition.before.driver_id.as_deref());
+    if event.event == EventKind::DriverCancelled {
+        let excluded = state.store.exclusions(&id).await?;
+        state.dispatcher.submit(&event.trip, excluded);
+    }
+    Ok(ApiJson(transition.event.trip))
+}
+
+#[utoipa::path(post, path = "/v1/trips/{id}/assign", tag = "operations", request_body = AssignRequest,
+    security(("bearer" = [])),
+    responses((status = 200, body = Trip), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "driver_unavailable, driver_busy or invalid_transition")))]
+async fn assign(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<AssignRequest>,
+) -> Result<ApiJson<Trip>, ApiError> {
+    principal.require(Role::Operator)?;
+    if state.store.account_role(&body.driver_id).await? != Some(Role::Driver) {
+        return Err(ApiError::not_found("driver"));
+    }
+    {
+        let fleet = state.fleet.lock().unwrap();
+        let available = fleet
+            .view(&body.driver_id, Instant::now())
+            .is_some_and(|view| {
+                matches!(view.state, DriverState::Available | DriverState::Offered)
+            });
+        if !available {
+            return Err(ApiError::conflict(
+                "driver_unavailable",
+                "that driver is not online and available",
+            ));
+        }
+    }
+    let change = Change::Accept {
+        driver_id: body.driver_id.clone(),
+    };
+    let transition = state.store.transition(&id, &change, |_| Ok(())).await?;
+    state.dispatcher.trip_closed(&id, WithdrawReason::Taken);
+    state
+        .dispatcher
+        .withdraw_offer_of(&body.driver_id, WithdrawReason::Cancelled);
+    committed(&state, &transition.event, None);
+    Ok(ApiJson(transition.event.trip))
+}
+
+#[utoipa::path(post, path = "/v1/offers/{id}/accept", tag = "offers", security(("bearer" = [])),
+    responses((status = 200, body = Trip), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "offer_expired, offer_already_answered or driver_busy")))]
+async fn accept_offer(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Trip>, ApiError> {
+    principal.require(Role::Driver)?;
+    let event = state.dispatcher.accept(&id, &principal.id).await?;
+    Ok(ApiJson(event.trip))
+}
+
+#[utoipa::path(post, path = "/v1/offers/{id}/decline", tag = "offers", security(("bearer" = [])),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn decline_offer(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    principal.require(Role::Driver)?;
+    state.dispatcher.decline(&id, &principal.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/ops/snapshot", tag = "operations", security(("bearer" = [])),
+    responses((status = 200, body = Snapshot), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn snapshot(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<ApiJson<Snapshot>, ApiError> {
+    principal.require(Role::Operator)?;
+    let open = [
+        TripState::Requested,
+        TripState::Accepted,
+        TripState::Arrived,
+        TripState::InProgress,
+    ];
+    let mut trips = state.store.trips_in_states(&open).await?;
+    let trips_requested = trips
+        .iter()
+        .filter(|t| t.state == TripState::Requested)
+        .count();
+    let trips_active = trips.len() - trips_requested;
+    trips.extend(
+        state
+            .store
+            .recent_terminal_trips(SNAPSHOT_TERMINAL_TRIPS)
+            .await?,
+    );
+    let drivers = state.fleet.lock().unwrap().views(Instant::now());
+    let count = |wanted: DriverState| drivers.iter().filter(|d| d.state == wanted).count();
+    let stats = Stats {
+        drivers_online: drivers.len(),
+        drivers_available: count(DriverState::Available),
+        drivers_offered: count(DriverState::Offered),
+        drivers_busy: count(DriverState::Busy),
+        drivers_stale: count(DriverState::Stale),
+        drivers_offline: count(DriverState::Offline),
+        trips_requested,
+        trips_active,
+    };
+    Ok(ApiJson(Snapshot {
+        drivers,
+        trips,
+        stats,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+struct Health {
+    status: &'static str,
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "service", responses((status = 200, body = Health)))]
+async fn healthz() -> ApiJson<Health> {
+    ApiJson(Health { status: "ok" })
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "service",
+    responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
+async fn readyz(State(state): State<AppState>) -> Result<ApiJson<Health>, ApiError> {
+    match state.store.ping().await {
+        Ok(()) => Ok(ApiJson(Health { status: "ready" })),
+        Err(error) => {
+            tracing::warn!(%error, "not ready");
+            Err(ApiError::unavailable("the store is unreachable"))
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "service", responses((status = 200, description = "Prometheus metrics")))]
+async fn metrics(State(state): State<AppState>) -> Response {
+    let online = state.fleet.lock().unwrap().len();
+    state.metrics.drivers_online.set(online as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    let mut doc = ApiDoc::openapi();
+    let mut components = doc.components.take().unwrap_or_default();
+    components.add_security_scheme(
+        "bearer",
+        utoipa::openapi::security::SecurityScheme::Http(utoipa::openapi::security::Http::new(
+            utoipa::openapi::security::HttpAuthScheme::Bearer,
+        )),
+    );
+    doc.components = Some(components);
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        doc.to_pretty_json().unwrap_or_default(),
+    )
+        .into_response()
+}
+
+/// The operator console. Until it lands (its own issue) this page says where things are.
+async fn console() -> Html<&'static str> {
+    Html(include_str!("console.html"))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "hail",
+        description = "Ride-hailing dispatch: REST + WebSocket contract v1. \
+        WebSockets: GET /v1/driver/ws (driver), GET /v1/trips/{id}/ws?after=N (trip stream)."
+    ),
+    paths(
+        create_passenger,
+        create_driver,
+        create_trip,
+        get_trip,
+        trip_events,
+        cancel_trip,
+        arrive,
+        start,
+        complete,
+        assign,
+        accept_offer,
+        decline_offer,
+        snapshot,
+        healthz,
+        readyz,
+        metrics,
+        crate::ws::driver_socket,
+        crate::ws::trip_socket
+    ),
+    components(schemas(crate::hub::ServerMessage, crate::ws::DriverClientMessage))
+)]
+pub struct ApiDoc;

@@ -1,0 +1,114 @@
+//! Prometheus metrics, served at `/metrics` in the text exposition format.
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(
+    non_camel_case_types,
+    reason = "label values are written as they appear on /metrics"
+)]
+pub enum OfferOutcome {
+    made,
+    accepted,
+    declined,
+    expired,
+    withdrawn,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OfferLabels {
+    pub outcome: OfferOutcome,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub event: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub location_pings: Counter,
+    pub offers: Family<OfferLabels, Counter>,
+    pub trip_transitions: Family<TransitionLabels, Counter>,
+    /// Seconds from a trip's request (or its return to `requested`) to its first offer.
+    pub request_to_offer: Histogram,
+    pub drivers_online: Gauge,
+    pub sockets_open: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("hail");
+        let location_pings = Counter::default();
+        registry.register(
+            "location_pings",
+            "Driver location pings accepted",
+            location_pings.clone(),
+        );
+        let offers = Family::<OfferLabels, Counter>::default();
+        registry.register("offers", "Offers by outcome", offers.clone());
+        let trip_transitions = Family::<TransitionLabels, Counter>::default();
+        registry.register(
+            "trip_transitions",
+            "Committed trip events by event",
+            trip_transitions.clone(),
+        );
+        // 1 ms .. ~16 s, doubling.
+        let request_to_offer = Histogram::new([
+            0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0,
+        ]);
+        registry.register(
+            "request_to_offer_seconds",
+            "Time from a trip becoming requested to its first offer",
+            request_to_offer.clone(),
+        );
+        let drivers_online = Gauge::default();
+        registry.register(
+            "drivers_online",
+            "Drivers in the fleet index",
+            drivers_online.clone(),
+        );
+        let sockets_open = Gauge::default();
+        registry.register(
+            "sockets_open",
+            "Open WebSocket connections",
+            sockets_open.clone(),
+        );
+        Metrics {
+            registry,
+            location_pings,
+            offers,
+            trip_transitions,
+            request_to_offer,
+            drivers_online,
+            sockets_open,
+        }
+    }
+
+    pub fn offer(&self, outcome: OfferOutcome) {
+        self.offers.get_or_create(&OfferLabels { outcome }).inc();
+    }
+
+    pub fn transition(&self, event: &'static str) {
+        self.trip_transitions
+            .get_or_create(&TransitionLabels { event })
+            .inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        encode(&mut text, &self.registry).expect("encoding metrics into a String");
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,454 @@
+//! The trip state machine, fares, and the shapes of trips and events on the wire. Pure: no
+//! I/O. The store persists what [`Trip::apply`] decides; nothing else changes a trip.
+//!
+//! ```text
+//! requested ──accepted──► accepted ──arrived──► arrived ──started──► in_progress ──completed──► completed
+//!     │  ▲                   │                     │
+//!     │  └─driver_cancelled──┘ (back to requested, that driver excluded, re-dispatched)
+//!     ├──cancelled──► cancelled     (passenger or operator; also from accepted/arrived)
+//!     └──expired────► expired       (no driver accepted before the dispatch deadline)
+//! ```
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::geometry::LatLng;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TripState {
+    Requested,
+    Accepted,
+    Arrived,
+    InProgress,
+    Completed,
+    Cancelled,
+    Expired,
+}
+
+impl TripState {
+    pub const ALL: [TripState; 7] = [
+        TripState::Requested,
+        TripState::Accepted,
+        TripState::Arrived,
+        TripState::InProgress,
+        TripState::Completed,
+        TripState::Cancelled,
+        TripState::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TripState::Requested => "requested",
+            TripState::Accepted => "accepted",
+            TripState::Arrived => "arrived",
+            TripState::InProgress => "in_progress",
+            TripState::Completed => "completed",
+            TripState::Cancelled => "cancelled",
+            TripState::Expired => "expired",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TripState> {
+        TripState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TripState::Completed | TripState::Cancelled | TripState::Expired
+        )
+    }
+
+    /// A driver is attached (the partial unique index `trips_one_active_per_driver` covers
+    /// exactly these states).
+    pub fn has_driver(self) -> bool {
+        matches!(
+            self,
+            TripState::Accepted | TripState::Arrived | TripState::InProgress
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Requested,
+    Accepted,
+    Arrived,
+    Started,
+    Completed,
+    Cancelled,
+    DriverCancelled,
+    Expired,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 8] = [
+        EventKind::Requested,
+        EventKind::Accepted,
+        EventKind::Arrived,
+        EventKind::Started,
+        EventKind::Completed,
+        EventKind::Cancelled,
+        EventKind::DriverCancelled,
+        EventKind::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Requested => "requested",
+            EventKind::Accepted => "accepted",
+            EventKind::Arrived => "arrived",
+            EventKind::Started => "started",
+            EventKind::Completed => "completed",
+            EventKind::Cancelled => "cancelled",
+            EventKind::DriverCancelled => "driver_cancelled",
+            EventKind::Expired => "expired",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EventKind> {
+        EventKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+    }
+}
+
+/// Milliseconds since the Unix epoch; on the wire an RFC 3339 UTC string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ToSchema)]
+#[schema(value_type = String, format = DateTime, example = "2026-11-24T09:30:00.000Z")]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub fn now() -> Timestamp {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp(since_epoch.as_millis() as i64)
+    }
+
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    pub fn plus_ms(self, ms: u64) -> Timestamp {
+        Timestamp(self.0.saturating_add(ms as i64))
+    }
+
+    pub fn to_rfc3339(self) -> String {
+        let nanos = i128::from(self.0) * 1_000_000;
+        let format = time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        );
+        time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+            .ok()
+            .and_then(|at| at.format(&format).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_rfc3339())
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let at = time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+            .map_err(serde::de::Error::custom)?;
+        Ok(Timestamp((at.unix_timestamp_nanos() / 1_000_000) as i64))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Money {
+    /// In the currency's minor unit as used by riders (KRW has none: whole won).
+    pub amount: i64,
+    #[schema(example = "KRW")]
+    pub currency: String,
+}
+
+/// A trip as clients see it (DESIGN §3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Trip {
+    pub id: String,
+    pub state: TripState,
+    /// Version: the seq of the last event. Gapless from 1.
+    pub seq: i64,
+    pub passenger_id: String,
+    pub driver_id: Option<String>,
+    pub pickup: LatLng,
+    pub dropoff: LatLng,
+    pub fare_estimate: Money,
+    pub fare: Option<Money>,
+    pub requested_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// One committed change of a trip, with the trip as it was after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TripEvent {
+    pub trip_id: String,
+    pub seq: i64,
+    pub event: EventKind,
+    pub at: Timestamp,
+    pub trip: Trip,
+}
+
+/// What someone asks to happen to a trip. Carries what the new state needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Accept {
+        driver_id: String,
+    },
+    Arrive,
+    Start,
+    Complete {
+        fare: Money,
+    },
+    /// Passenger or operator cancels.
+    Cancel,
+    /// The assigned driver gives the trip back before pickup.
+    DriverCancel,
+    Expire,
+}
+
+impl Change {
+    pub fn event_kind(&self) -> EventKind {
+        match self {
+            Change::Accept { .. } => EventKind::Accepted,
+            Change::Arrive => EventKind::Arrived,
+            Change::Start => EventKind::Started,
+            Change::Complete { .. } => EventKind::Completed,
+            Change::Cancel => EventKind::Cancelled,
+            Change::DriverCancel => EventKind::DriverCancelled,
+            Change::Expire => EventKind::Expired,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a trip that is {from} cannot be {event}")]
+pub struct InvalidTransition {
+    pub from: &'static str,
+    pub event: &'static str,
+}
+
+impl Trip {
+    /// The trip after `change`, or why the change is not allowed from the current state.
+    /// This is the only place that knows the state diagram.
+    pub fn apply(&self, change: &Change, at: Timestamp) -> Result<Trip, InvalidTransition> {
+        use TripState::*;
+        let invalid = || InvalidTransition {
+            from: self.state.as_str(),
+            event: change.event_kind().as_str(),
+        };
+        let mut next = self.clone();
+        match (self.state, change) {
+            (Requested, Change::Accept { driver_id }) => {
+                next.state = Accepted;
+                next.driver_id = Some(driver_id.clone());
+            }
+            (Accepted, Change::Arrive) => next.state = Arrived,
+            (Arrived, Change::Start) => next.state = InProgress,
+            (InProgress, Change::Complete { fare }) => {
+                next.state = Completed;
+                next.fare = Some(fare.clone());
+            }
+            (Requested | Accepted | Arrived, Change::Cancel) => next.state = Cancelled,
+            (Accepted | Arrived, Change::DriverCancel) => {
+                next.state = Requested;
+                next.driver_id = None;
+            }
+            (Requested, Change::Expire) => next.state = Expired,
+            _ => return Err(invalid()),
+        }
+        next.seq = self.seq + 1;
+        next.updated_at = at;
+        debug_assert!(!next.state.has_driver() || next.driver_id.is_some());
+        Ok(next)
+    }
+}
+
+/// Tariff: base + per km + per minute. Amounts in whole currency units.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tariff {
+    pub base: i64,
+    pub per_km: i64,
+    pub per_minute: i64,
+    pub currency: String,
+}
+
+impl Tariff {
+    pub fn fare(&self, distance_m: f64, duration_s: f64) -> Money {
+        let distance_part = self.per_km as f64 * distance_m.max(0.0) / 1_000.0;
+        let time_part = self.per_minute as f64 * duration_s.max(0.0) / 60.0;
+        // Round to the nearest 100 won the way Korean meters do; other currencies to 1.
+        let granularity = if self.currency == "KRW" { 100.0 } else { 1.0 };
+        let total = self.base as f64 + distance_part + time_part;
+        Money {
+            amount: ((total / granularity).round() * granularity) as i64,
+            currency: self.currency.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trip() -> Trip {
+        let p = LatLng::new(37.5, 127.0).unwrap();
+        Trip {
+            id: "trp_1".into(),
+            state: TripState::Requested,
+            seq: 1,
+            passenger_id: "psg_1".into(),
+            driver_id: None,
+            pickup: p,
+            dropoff: p,
+            fare_estimate: Money {
+                amount: 4_800,
+                currency: "KRW".into(),
+            },
+            fare: None,
+            requested_at: Timestamp(0),
+            updated_at: Timestamp(0),
+        }
+    }
+
+    fn run(changes: &[Change]) -> Result<Trip, InvalidTransition> {
+        let mut t = trip();
+        for (i, c) in changes.iter().enumerate() {
+            t = t.apply(c, Timestamp(i as i64 + 1))?;
+        }
+        Ok(t)
+    }
+
+    fn accept() -> Change {
+        Change::Accept {
+            driver_id: "drv_1".into(),
+        }
+    }
+
+    fn complete() -> Change {
+        Change::Complete {
+            fare: Money {
+                amount: 9_900,
+                currency: "KRW".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn happy_path_counts_seqs_without_gaps() {
+        let t = run(&[accept(), Change::Arrive, Change::Start, complete()]).unwrap();
+        assert_eq!(t.state, TripState::Completed);
+        assert_eq!(t.seq, 5);
+        assert_eq!(t.driver_id.as_deref(), Some("drv_1"));
+        assert_eq!(t.fare.unwrap().amount, 9_900);
+        assert_eq!(t.updated_at, Timestamp(4));
+    }
+
+    #[test]
+    fn driver_cancel_returns_to_requested_without_driver() {
+        let t = run(&[accept(), Change::Arrive, Change::DriverCancel]).unwrap();
+        assert_eq!(t.state, TripState::Requested);
+        assert_eq!(t.driver_id, None);
+        assert_eq!(t.seq, 4);
+        let t = t.apply(&accept(), Timestamp(9)).unwrap();
+        assert_eq!(t.state, TripState::Accepted);
+    }
+
+    #[test]
+    fn cancel_is_allowed_until_pickup_only() {
+        assert!(run(&[Change::Cancel]).is_ok());
+        assert!(run(&[accept(), Change::Cancel]).is_ok());
+        assert!(run(&[accept(), Change::Arrive, Change::Cancel]).is_ok());
+        let err = run(&[accept(), Change::Arrive, Change::Start, Change::Cancel]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a trip that is in_progress cannot be cancelled"
+        );
+    }
+
+    #[test]
+    fn every_pair_outside_the_diagram_is_rejected() {
+        use TripState::*;
+        let allowed = [
+            (Requested, EventKind::Accepted),
+            (Requested, EventKind::Cancelled),
+            (Requested, EventKind::Expired),
+            (Accepted, EventKind::Arrived),
+            (Accepted, EventKind::Cancelled),
+            (Accepted, EventKind::DriverCancelled),
+            (Arrived, EventKind::Started),
+            (Arrived, EventKind::Cancelled),
+            (Arrived, EventKind::DriverCancelled),
+            (InProgress, EventKind::Completed),
+        ];
+        let changes = [
+            accept(),
+            Change::Arrive,
+            Change::Start,
+            complete(),
+            Change::Cancel,
+            Change::DriverCancel,
+            Change::Expire,
+        ];
+        for state in TripState::ALL {
+            let mut t = trip();
+            t.state = state;
+            if state.has_driver() {
+                t.driver_id = Some("drv_1".into());
+            }
+            for change in &changes {
+                let ok = t.apply(change, Timestamp(1)).is_ok();
+                assert_eq!(
+                    ok,
+                    allowed.contains(&(state, change.event_kind())),
+                    "{state:?} {change:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for state in TripState::ALL {
+            assert_eq!(TripState::parse(state.as_str()), Some(state));
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_and_round_trip() {
+        let at = Timestamp(1_700_000_000_123);
+        assert_eq!(at.to_rfc3339(), "2023-11-14T22:13:20.123Z");
+        let back: Timestamp = serde_json::from_value(serde_json::to_value(at).unwrap()).unwrap();
+        assert_eq!(back, at);
+    }
+
+    #[test]
+    fn seoul_fare() {
+        let tariff = Tariff {
+            base: 4_800,
+            per_km: 760,
+            per_minute: 200,
+            currency: "KRW".into(),
+        };
+        assert_eq!(tariff.fare(0.0, 0.0).amount, 4_800);
+        // 10 km in 20 minutes: 4,800 + 7,600 + 4,000.
+        assert_eq!(tariff.fare(10_000.0, 1_200.0).amount, 16_400);
+        assert_eq!(tariff.fare(-5.0, -1.0).amount, 4_800);
+    }
+}
