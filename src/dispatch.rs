@@ -165,13 +165,19 @@ impl Book {
 
 /// Work found under the locks, done after them.
 enum Effect {
-    Send(String, ServerMessage),
+    Send(String, Box<ServerMessage>),
     Exclude {
         trip_id: String,
         driver_id: String,
         reason: &'static str,
     },
     Expire(String),
+}
+
+impl Effect {
+    fn send(driver_id: String, message: ServerMessage) -> Effect {
+        Effect::Send(driver_id, Box::new(message))
+    }
 }
 
 pub struct Dispatcher {
@@ -300,7 +306,7 @@ impl Dispatcher {
                     pending.next_search = now;
                 }
                 self.metrics.offer(OfferOutcome::expired);
-                effects.push(Effect::Send(
+                effects.push(Effect::send(
                     offer.driver_id.clone(),
                     ServerMessage::OfferWithdrawn {
                         offer_id,
@@ -333,7 +339,7 @@ impl Dispatcher {
                         {
                             fleet.release(&offer.driver_id, &offer_id);
                             self.metrics.offer(OfferOutcome::withdrawn);
-                            effects.push(Effect::Send(
+                            effects.push(Effect::send(
                                 offer.driver_id.clone(),
                                 ServerMessage::OfferWithdrawn {
                                     offer_id: offer_id.clone(),
@@ -376,7 +382,7 @@ impl Dispatcher {
                                     tracing::debug!(%trip_id, %offer_id, driver_id = %candidate.driver_id,
                                         distance_m = candidate.distance_m, eta_s = candidate.eta_s,
                                         radius_m = candidate.radius_m, "offer made");
-                                    effects.push(Effect::Send(
+                                    effects.push(Effect::send(
                                         candidate.driver_id.to_string(),
                                         ServerMessage::Offer(OfferMessage {
                                             offer_id,
@@ -447,7 +453,7 @@ impl Dispatcher {
         for effect in effects {
             match effect {
                 Effect::Send(driver_id, message) => {
-                    self.hub.send_to_driver(&driver_id, message);
+                    self.hub.send_to_driver(&driver_id, *message);
                 }
                 Effect::Exclude {
                     trip_id,

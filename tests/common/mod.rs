@@ -1,0 +1,283 @@
+//! Shared helpers for the integration tests: a real server on an ephemeral port with a
+//! fresh store, and real HTTP and WebSocket clients.
+
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hail::{config::ServerConfig, server::Server};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
+
+/// How long a test waits for something the server should do promptly. A bound on waiting,
+/// not a delay: every wait returns as soon as the awaited message arrives.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub const OPERATOR_TOKEN: &str = "test-operator-token-0123456789";
+
+/// Gangnam station and points around it.
+pub fn gangnam() -> Value {
+    json!({"lat": 37.4979, "lng": 127.0276})
+}
+
+pub fn near_gangnam(metres_north: f64) -> Value {
+    json!({"lat": 37.4979 + metres_north / 111_195.0, "lng": 127.0276})
+}
+
+pub fn city_hall() -> Value {
+    json!({"lat": 37.5663, "lng": 126.9779})
+}
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+}
+
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub id: String,
+    pub token: String,
+}
+
+pub fn test_config(dir: &tempfile::TempDir) -> ServerConfig {
+    let url = format!("sqlite://{}", dir.path().join("hail.db").display());
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), url);
+    config.operator_token = Some(OPERATOR_TOKEN.to_string());
+    config.dispatch.dispatch_retry_ms = 50;
+    config
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(&dir);
+        adjust(&mut config);
+        let server = hail::server::start(config).await.expect("server starts");
+        TestServer {
+            base: format!("http://{}", server.addr),
+            server: Some(server),
+            http: reqwest::Client::new(),
+            dir,
+        }
+    }
+
+    pub fn ws_base(&self) -> String {
+        self.base.replacen("http://", "ws://", 1)
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.request(reqwest::Method::GET, path, Some(token), None)
+            .await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.request(reqwest::Method::POST, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn passenger(&self) -> Account {
+        let (status, body) = self
+            .request(
+                reqwest::Method::POST,
+                "/v1/passengers",
+                None,
+                Some(json!({"name": "Minji"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        Account {
+            id: body["id"].as_str().unwrap().into(),
+            token: body["token"].as_str().unwrap().into(),
+        }
+    }
+
+    pub async fn driver(&self) -> Account {
+        let (status, body) = self
+            .post(
+                "/v1/drivers",
+                OPERATOR_TOKEN,
+                json!({"name": "Junho", "vehicle": {"plate": "12가3456"}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        Account {
+            id: body["id"].as_str().unwrap().into(),
+            token: body["token"].as_str().unwrap().into(),
+        }
+    }
+
+    /// A driver with an open socket, available at `position`.
+    pub async fn online_driver(&self, position: Value) -> (Account, Ws) {
+        let account = self.driver().await;
+        let ws = self.connect_driver(&account, position).await;
+        (account, ws)
+    }
+
+    /// Opens a driver socket, says `available` and pings `position`.
+    pub async fn connect_driver(&self, account: &Account, position: Value) -> Ws {
+        let mut ws = self.driver_ws(&account.token).await;
+        ws.send(json!({"type": "status", "status": "available"}))
+            .await;
+        ws.send(json!({"type": "location", "lat": position["lat"], "lng": position["lng"]}))
+            .await;
+        ws.sync().await;
+        ws
+    }
+
+    pub async fn request_trip(&self, passenger: &Account, pickup: Value, dropoff: Value) -> Value {
+        let (status, trip) = self
+            .post(
+                "/v1/trips",
+                &passenger.token,
+                json!({"pickup": pickup, "dropoff": dropoff}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{trip}");
+        trip
+    }
+
+    pub async fn driver_ws(&self, token: &str) -> Ws {
+        Ws::connect(&format!("{}/v1/driver/ws?token={token}", self.ws_base())).await
+    }
+
+    pub async fn trip_ws(&self, trip_id: &str, token: &str, after: i64) -> Ws {
+        Ws::connect(&format!(
+            "{}/v1/trips/{trip_id}/ws?after={after}&token={token}",
+            self.ws_base()
+        ))
+        .await
+    }
+
+    pub async fn events(&self, trip_id: &str, token: &str, after: i64) -> Vec<Value> {
+        let (status, body) = self
+            .get(&format!("/v1/trips/{trip_id}/events?after={after}"), token)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["events"].as_array().unwrap().clone()
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.unwrap();
+        }
+    }
+}
+
+pub struct Ws {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Ws {
+    pub async fn connect(url: &str) -> Ws {
+        let (stream, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connects");
+        Ws { stream }
+    }
+
+    pub async fn send(&mut self, value: Value) {
+        self.stream
+            .send(Message::text(value.to_string()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.stream
+            .send(Message::text(text.to_string()))
+            .await
+            .unwrap();
+    }
+
+    /// The next JSON message, skipping control frames. Panics if none arrives in time.
+    pub async fn next(&mut self) -> Value {
+        self.try_next(PATIENCE)
+            .await
+            .expect("a message within the patience bound")
+    }
+
+    /// The next JSON message, or `None` if the socket closed or nothing came in `wait`.
+    pub async fn try_next(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()??;
+            match frame {
+                Ok(Message::Text(text)) => {
+                    return Some(serde_json::from_str(&text).expect("JSON message"));
+                }
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// The next message of `kind`, skipping others (e.g. `driver_location`).
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let message = self.next().await;
+            if message["type"] == kind {
+                return message;
+            }
+        }
+    }
+
+    /// Waits until the server has processed everything sent before: a deliberately bad
+    /// message is answered with an error, in order, by the socket's single reader.
+    pub async fn sync(&mut self) {
+        self.send(json!({"type": "sync"})).await;
+        loop {
+            let message = self.next().await;
+            if message["type"] == "error" && message["code"] == "invalid_message" {
+                return;
+            }
+        }
+    }
+
+    /// True if the server closed the socket (or it failed) within `wait`.
+    pub async fn closed_within(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return false,
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return true,
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+}
