@@ -183,6 +183,8 @@ impl Effect {
 pub struct Dispatcher {
     book: Mutex<Book>,
     wake: Notify,
+    /// Set by [`Self::driver_available`], consumed by the next [`Self::step`].
+    fleet_changed: std::sync::atomic::AtomicBool,
     fleet: Arc<Mutex<FleetIndex>>,
     store: Store,
     hub: Arc<Hub>,
@@ -206,6 +208,7 @@ impl Dispatcher {
         Dispatcher {
             book: Mutex::default(),
             wake: Notify::new(),
+            fleet_changed: Default::default(),
             fleet,
             store,
             hub,
@@ -218,6 +221,14 @@ impl Dispatcher {
     /// Something changed that may let a waiting trip be dispatched now.
     pub fn wake(&self) {
         self.wake.notify_one();
+    }
+
+    /// A driver became dispatchable: search again for every waiting trip now, instead of
+    /// at each trip's next retry.
+    pub fn driver_available(&self) {
+        self.fleet_changed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.wake();
     }
 
     /// Starts dispatching a trip that is `requested`. Its deadline counts from when it
@@ -270,7 +281,7 @@ impl Dispatcher {
     /// next deadline or until woken.
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         loop {
-            let next = self.step().await;
+            let next = self.step(Instant::now()).await;
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
                 _ = self.wake.notified() => {}
@@ -279,10 +290,13 @@ impl Dispatcher {
         }
     }
 
-    /// One pass over the book. Returns when the next pass is due.
-    pub async fn step(&self) -> Instant {
-        let now = Instant::now();
+    /// One pass over the book as of `now`. Returns when the next pass is due. Time is a
+    /// parameter so tests can drive deadlines exactly, without sleeping.
+    pub async fn step(&self, now: Instant) -> Instant {
         let retry = Duration::from_millis(self.config.dispatch_retry_ms);
+        let fleet_changed = self
+            .fleet_changed
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
         let mut effects = Vec::new();
         let mut next = now + Duration::from_secs(60);
         {
@@ -354,7 +368,7 @@ impl Dispatcher {
                 }
                 next = next.min(pending.deadline);
                 if pending.offer.is_none() {
-                    if pending.next_search <= now {
+                    if fleet_changed || pending.next_search <= now {
                         match self.best_candidate(&fleet, pending, now) {
                             Some(candidate) => {
                                 let offer_id = crate::store::new_id("ofr");
@@ -753,5 +767,181 @@ mod tests {
         let positions = |id: &str| Some(if id == "north" { north } else { south });
         let ranked = rank_candidates(nearest, &[3_000.0], pickup, positions, &River);
         assert_eq!(&*ranked[0].driver_id, "south");
+    }
+
+    /// Offer lapses and the dispatch deadline, with time driven by the test: nothing
+    /// sleeps. (tokio's paused clock does not mix with SQLite's worker thread: while the
+    /// runtime waits on it, auto-advance fires the pool's acquire timeout.)
+    mod timing {
+        use super::*;
+        use crate::{
+            config::ServerConfig,
+            store::{NewTrip, Role},
+        };
+        use tokio::sync::mpsc::error::TryRecvError;
+
+        struct Rig {
+            dispatcher: Dispatcher,
+            fleet: Arc<Mutex<FleetIndex>>,
+            hub: Arc<Hub>,
+            store: Store,
+            _dir: tempfile::TempDir,
+        }
+
+        async fn rig() -> Rig {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("t.db").display());
+            let config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), url.clone());
+            let store = Store::connect(&url, 1, Duration::from_secs(5))
+                .await
+                .unwrap();
+            let fleet = Arc::new(Mutex::new(FleetIndex::new(Duration::from_millis(
+                config.dispatch.stale_after_ms,
+            ))));
+            let hub = Arc::new(Hub::new());
+            let dispatcher = Dispatcher::new(
+                config.dispatch.clone(),
+                fleet.clone(),
+                store.clone(),
+                hub.clone(),
+                Arc::new(Metrics::new()),
+            );
+            Rig {
+                dispatcher,
+                fleet,
+                hub,
+                store,
+                _dir: dir,
+            }
+        }
+
+        /// A driver online `metres_north` of the pickup, last heard from at `at`.
+        async fn driver_at(
+            rig: &Rig,
+            metres_north: f64,
+            at: Instant,
+        ) -> (String, tokio::sync::mpsc::Receiver<ServerMessage>) {
+            let account = rig
+                .store
+                .create_account(Role::Driver, "d", Some("p"))
+                .await
+                .unwrap();
+            let mut fleet = rig.fleet.lock().unwrap();
+            fleet.connect(&account.id, None, at);
+            fleet.ping(
+                &account.id,
+                p(37.5 + metres_north / 111_195.0, 127.0),
+                None,
+                at,
+            );
+            drop(fleet);
+            let (_, receiver) = rig.hub.register_driver(&account.id);
+            (account.id, receiver)
+        }
+
+        async fn request(rig: &Rig) -> Trip {
+            let passenger = rig
+                .store
+                .create_account(Role::Passenger, "p", None)
+                .await
+                .unwrap();
+            let new = NewTrip {
+                passenger_id: passenger.id,
+                pickup: p(37.5, 127.0),
+                dropoff: p(37.55, 127.0),
+                fare_estimate: Money {
+                    amount: 10_000,
+                    currency: "KRW".into(),
+                },
+                idempotency_key: None,
+            };
+            let (trip, _) = rig.store.create_trip(new).await.unwrap();
+            rig.dispatcher.submit(&trip, []);
+            trip
+        }
+
+        fn offer_id(message: ServerMessage) -> String {
+            match message {
+                ServerMessage::Offer(offer) => offer.offer_id,
+                other => panic!("expected an offer, got {other:?}"),
+            }
+        }
+
+        #[tokio::test]
+        async fn an_offer_lapses_at_its_deadline_not_before() {
+            let rig = rig().await;
+            let (near, mut near_inbox) = driver_at(&rig, 100.0, Instant::now()).await;
+            let (_far, mut far_inbox) = driver_at(&rig, 900.0, Instant::now()).await;
+            request(&rig).await;
+            let start = Instant::now();
+
+            let next = rig.dispatcher.step(start).await;
+            assert_eq!(
+                next,
+                start + Duration::from_millis(15_000),
+                "next wake is the offer deadline"
+            );
+            let first = offer_id(near_inbox.try_recv().unwrap());
+            assert!(rig.fleet.lock().unwrap().offer_of(&near).is_some());
+
+            rig.dispatcher
+                .step(start + Duration::from_millis(14_999))
+                .await;
+            assert_eq!(near_inbox.try_recv().unwrap_err(), TryRecvError::Empty);
+            assert_eq!(far_inbox.try_recv().unwrap_err(), TryRecvError::Empty);
+
+            rig.dispatcher
+                .step(start + Duration::from_millis(15_000))
+                .await;
+            match near_inbox.try_recv().unwrap() {
+                ServerMessage::OfferWithdrawn { offer_id, reason } => {
+                    assert_eq!(
+                        (offer_id.as_str(), reason),
+                        (first.as_str(), WithdrawReason::Expired)
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(rig.fleet.lock().unwrap().offer_of(&near).is_none());
+            // Same pass: on to the next candidate, never back to the first.
+            offer_id(far_inbox.try_recv().unwrap());
+            let late = rig.dispatcher.accept(&first, &near).await.unwrap_err();
+            assert_eq!(late.code, "offer_expired");
+        }
+
+        #[tokio::test]
+        async fn a_trip_expires_at_the_dispatch_deadline() {
+            let rig = rig().await;
+            let trip = request(&rig).await;
+            let start = Instant::now();
+            rig.dispatcher.step(start).await;
+            rig.dispatcher
+                .step(start + Duration::from_millis(119_000))
+                .await;
+            assert_eq!(
+                rig.store.trip(&trip.id).await.unwrap().unwrap().state,
+                TripState::Requested
+            );
+            // A driver appearing late still gets the offer before the deadline.
+            let (_driver, mut inbox) =
+                driver_at(&rig, 50.0, start + Duration::from_millis(118_000)).await;
+            rig.dispatcher.driver_available();
+            rig.dispatcher
+                .step(start + Duration::from_millis(119_000))
+                .await;
+            let offer = offer_id(inbox.try_recv().unwrap());
+            rig.dispatcher
+                .step(start + Duration::from_millis(120_100))
+                .await;
+            match inbox.try_recv().unwrap() {
+                ServerMessage::OfferWithdrawn { offer_id, reason } => {
+                    assert_eq!((offer_id, reason), (offer, WithdrawReason::Expired));
+                }
+                other => panic!("{other:?}"),
+            }
+            let expired = rig.store.trip(&trip.id).await.unwrap().unwrap();
+            assert_eq!((expired.state, expired.seq), (TripState::Expired, 2));
+            assert_eq!(rig.dispatcher.pending_trips(), 0);
+        }
     }
 }

@@ -420,9 +420,8 @@ fn committed(state: &AppState, event: &TripEvent, previous_driver: Option<&str>)
             _ => fleet.set_trip(driver_id, None),
         }
     }
-    if !trip.state.has_driver() {
-        // A driver came free or a trip needs one.
-        state.dispatcher.wake();
+    if previous_driver.is_some() && !trip.state.has_driver() {
+        state.dispatcher.driver_available();
     }
     state.metrics.transition(event.event.as_str());
     state.hub.publish(event, previous_driver);

@@ -200,9 +200,18 @@ impl Store {
         } else {
             anyhow::bail!("HAIL_DATABASE_URL must start with sqlite:// or postgres://");
         };
-        let pool = AnyPoolOptions::new()
+        let mut options = AnyPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(acquire_timeout)
+            .acquire_timeout(acquire_timeout);
+        if backend == "sqlite" {
+            // A file has no server that drops idle connections: no pings, no reaping.
+            // (This also keeps the pool free of timers, so tests can pause tokio's clock.)
+            options = options
+                .test_before_acquire(false)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        let pool = options
             .after_connect(move |connection, _| {
                 Box::pin(async move {
                     if backend == "sqlite" {

@@ -226,7 +226,7 @@ fn handle_driver_message(
             };
             state.metrics.location_pings.inc();
             if outcome.became_dispatchable {
-                state.dispatcher.wake();
+                state.dispatcher.driver_available();
             }
             if let Some(trip_id) = outcome.trip_id
                 && last_location_sent
@@ -245,7 +245,9 @@ fn handle_driver_message(
                 .unwrap()
                 .set_status(driver_id, status, now);
             match status {
-                DriverStatus::Available if became_dispatchable => state.dispatcher.wake(),
+                DriverStatus::Available if became_dispatchable => {
+                    state.dispatcher.driver_available()
+                }
                 DriverStatus::Offline => state
                     .dispatcher
                     .withdraw_offer_of(driver_id, WithdrawReason::Cancelled),

@@ -545,3 +545,44 @@ async fn a_driver_that_goes_offline_gets_no_offers() {
         .await;
     assert_eq!(ws.next_of("offer").await["trip_id"], trip["id"]);
 }
+
+#[tokio::test]
+async fn a_dropped_driver_stays_online_through_the_grace_period_only() {
+    let server = TestServer::start_with(|c| {
+        c.dispatch.stale_after_ms = 200;
+        c.dispatch.offline_after_ms = 600;
+    })
+    .await;
+    let (driver, ws) = server.online_driver(near_gangnam(100.0)).await;
+    drop(ws);
+    let online = |snapshot: &Value| {
+        snapshot["drivers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["id"] == driver.id.as_str())
+    };
+    // Still listed right after the drop (mobile networks flap)...
+    let (_, snapshot) = server.get("/v1/ops/snapshot", OPERATOR_TOKEN).await;
+    assert!(online(&snapshot), "{snapshot}");
+    // ...and gone once the grace period has passed without a ping.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, snapshot) = server.get("/v1/ops/snapshot", OPERATOR_TOKEN).await;
+        if !online(&snapshot) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "driver never went offline"
+        );
+        tokio::task::yield_now().await;
+    }
+    // Reconnecting brings it back, dispatchable.
+    let passenger = server.passenger().await;
+    let mut ws = server.connect_driver(&driver, near_gangnam(100.0)).await;
+    let trip = server
+        .request_trip(&passenger, gangnam(), city_hall())
+        .await;
+    assert_eq!(ws.next_of("offer").await["trip_id"], trip["id"]);
+}

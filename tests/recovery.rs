@@ -157,3 +157,44 @@ async fn kill_9_loses_nothing_acknowledged_and_dispatch_resumes() {
     assert!(trip["fare"]["amount"].as_i64().unwrap() >= 4_800);
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = spawn_hail(dir.path()).await;
+    let server = client(&base, &dir);
+    let passenger = server.passenger().await;
+    let trip = server
+        .request_trip(&passenger, gangnam(), city_hall())
+        .await;
+    let mut stream = server
+        .trip_ws(trip["id"].as_str().unwrap(), &passenger.token, 1)
+        .await;
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        stream.closed_within(PATIENCE).await,
+        "sockets are closed on shutdown"
+    );
+    let exit = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("exits in time")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+
+    // Nothing acknowledged was lost across the clean restart either.
+    let (_child, base) = spawn_hail(dir.path()).await;
+    let after = client(&base, &dir);
+    let (status, again) = after
+        .get(
+            &format!("/v1/trips/{}", trip["id"].as_str().unwrap()),
+            &passenger.token,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["state"], "requested");
+}
