@@ -20,6 +20,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             EnvFilter::try_from_env("HAIL_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )

@@ -6,7 +6,15 @@
 //! not only code — forbid double assignment (see `migrations/0001_init.sql`). Transactions
 //! that lose a race or hit a serialization failure are retried a bounded number of times.
 
-use std::{borrow::Cow, time::Duration};
+use std::{
+    borrow::Cow,
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use rand::RngExt;
 use sha2::{Digest, Sha256};
@@ -175,6 +183,9 @@ pub struct NewTrip {
 pub struct Store {
     pool: AnyPool,
     backend: &'static str,
+    /// While set, every operation fails as if the database were unreachable: outage
+    /// drills and tests of the 503 path on stores that cannot be stopped from outside.
+    simulated_outage: Arc<AtomicBool>,
 }
 
 impl Store {
@@ -243,7 +254,26 @@ impl Store {
             })
             .collect();
         Migrator::with_migrations(migrations).run(&pool).await?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            simulated_outage: Arc::default(),
+        })
+    }
+
+    /// The pool, unless an outage is being simulated.
+    fn pool(&self) -> Result<&AnyPool, sqlx::Error> {
+        if self.simulated_outage.load(Ordering::Relaxed) {
+            let error =
+                std::io::Error::new(std::io::ErrorKind::NotConnected, "simulated store outage");
+            return Err(sqlx::Error::Io(error));
+        }
+        Ok(&self.pool)
+    }
+
+    /// Makes the store act unreachable (`true`) or reachable again (`false`).
+    pub fn simulate_outage(&self, down: bool) {
+        self.simulated_outage.store(down, Ordering::Relaxed);
     }
 
     pub fn backend(&self) -> &'static str {
@@ -252,7 +282,7 @@ impl Store {
 
     /// Readiness: the store answers a query.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(self.pool()?).await?;
         Ok(())
     }
 
@@ -271,17 +301,22 @@ impl Store {
             id: new_id(prefix),
             token: new_token(),
         };
-        sqlx::query(
-            "INSERT INTO accounts (id, role, name, vehicle_plate, token_hash, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&account.id)
-        .bind(role.as_str())
-        .bind(name)
-        .bind(vehicle_plate)
-        .bind(token_hash(&account.token))
-        .bind(Timestamp::now().millis())
-        .execute(&self.pool)
+        let hash = token_hash(&account.token);
+        let created_at = Timestamp::now().millis();
+        retrying(|| async {
+            sqlx::query(
+                "INSERT INTO accounts (id, role, name, vehicle_plate, token_hash, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&account.id)
+            .bind(role.as_str())
+            .bind(name)
+            .bind(vehicle_plate)
+            .bind(&hash)
+            .bind(created_at)
+            .execute(self.pool()?)
+            .await
+        })
         .await?;
         Ok(account)
     }
@@ -290,7 +325,7 @@ impl Store {
     pub async fn authenticate(&self, token: &str) -> Result<Option<(String, Role)>, StoreError> {
         let row = sqlx::query("SELECT id, role FROM accounts WHERE token_hash = $1")
             .bind(token_hash(token))
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool()?)
             .await?;
         row.map(|row| {
             let role = match row.try_get::<String, _>("role")?.as_str() {
@@ -305,7 +340,7 @@ impl Store {
     pub async fn account_role(&self, id: &str) -> Result<Option<Role>, StoreError> {
         let role: Option<String> = sqlx::query_scalar("SELECT role FROM accounts WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool()?)
             .await?;
         Ok(role.map(|role| {
             if role == "driver" {
@@ -343,8 +378,8 @@ impl Store {
             at: now,
             trip: trip.clone(),
         };
-        let result: Result<(), sqlx::Error> = async {
-            let mut tx = self.pool.begin().await?;
+        let result = retrying(|| async {
+            let mut tx = self.pool()?.begin().await?;
             sqlx::query(
                 "INSERT INTO trips (id, state, seq, passenger_id, driver_id, pickup_lat, pickup_lng, \
                  dropoff_lat, dropoff_lng, fare_estimate_amount, fare_amount, currency, \
@@ -368,7 +403,7 @@ impl Store {
             .await?;
             insert_event(&mut tx, &event).await?;
             tx.commit().await
-        }
+        })
         .await;
         match result {
             Ok(()) => Ok((trip, true)),
@@ -393,7 +428,7 @@ impl Store {
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(&new.passenger_id)
             .bind(key)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool()?)
             .await?;
         let Some(trip) = row.map(|row| trip_from_row(&row)).transpose()? else {
             return Ok(None);
@@ -408,7 +443,7 @@ impl Store {
         let sql = format!("SELECT {TRIP_COLUMNS} FROM trips WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool()?)
             .await?;
         row.map(|row| trip_from_row(&row)).transpose()
     }
@@ -457,7 +492,7 @@ impl Store {
         event: &TripEvent,
     ) -> Result<bool, sqlx::Error> {
         let after = &event.trip;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool()?.begin().await?;
         let updated = sqlx::query(
             "UPDATE trips SET state = $1, seq = $2, driver_id = $3, fare_amount = $4, updated_at = $5 \
              WHERE id = $6 AND seq = $7",
@@ -498,7 +533,7 @@ impl Store {
         .bind(trip_id)
         .bind(after)
         .bind(EVENTS_PAGE)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool()?)
         .await?;
         rows.iter()
             .map(|row| {
@@ -524,8 +559,11 @@ impl Store {
         driver_id: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
-        let mut connection = self.pool.acquire().await?;
-        insert_exclusion(&mut connection, trip_id, driver_id, reason).await?;
+        retrying(|| async {
+            let mut connection = self.pool()?.acquire().await?;
+            insert_exclusion(&mut connection, trip_id, driver_id, reason).await
+        })
+        .await?;
         Ok(())
     }
 
@@ -533,7 +571,7 @@ impl Store {
         Ok(
             sqlx::query_scalar("SELECT driver_id FROM trip_exclusions WHERE trip_id = $1")
                 .bind(trip_id)
-                .fetch_all(&self.pool)
+                .fetch_all(self.pool()?)
                 .await?,
         )
     }
@@ -545,7 +583,7 @@ impl Store {
             list.join(", ")
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool()?)
             .await?;
         rows.iter().map(trip_from_row).collect()
     }
@@ -558,7 +596,7 @@ impl Store {
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool()?)
             .await?;
         rows.iter().map(trip_from_row).collect()
     }
@@ -571,7 +609,7 @@ impl Store {
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(driver_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool()?)
             .await?;
         row.map(|row| trip_from_row(&row)).transpose()
     }
@@ -677,6 +715,25 @@ fn is_retryable(error: &sqlx::Error) -> bool {
         db.code().as_deref(),
         Some("40001" | "40P01" | "5" | "6" | "261" | "517")
     )
+}
+
+/// Runs a write until it does not fail with a retryable error, at most [`MAX_ATTEMPTS`]
+/// times.
+async fn retrying<T, F, Fut>(mut operation: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        match operation().await {
+            Err(error) if is_retryable(&error) && attempt + 1 < MAX_ATTEMPTS => {
+                backoff(attempt).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 async fn backoff(attempt: u32) {

@@ -41,9 +41,8 @@ async fn raw_post(
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-#[tokio::test]
-async fn malformed_and_out_of_range_trip_requests_change_nothing() {
-    let server = TestServer::start().await;
+async fn malformed_and_out_of_range_trip_requests_change_nothing(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let passenger = server.passenger().await;
     let cases: Vec<(String, &str)> = vec![
         ("{not json".into(), "malformed_json"),
@@ -108,9 +107,8 @@ async fn malformed_and_out_of_range_trip_requests_change_nothing() {
         .await;
 }
 
-#[tokio::test]
-async fn accounts_validate_names_and_roles() {
-    let server = TestServer::start().await;
+async fn accounts_validate_names_and_roles(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let (status, body) = server
         .request(
             Method::POST,
@@ -186,9 +184,8 @@ async fn accounts_validate_names_and_roles() {
     );
 }
 
-#[tokio::test]
-async fn another_users_trip_and_offer_are_not_found() {
-    let server = TestServer::start().await;
+async fn another_users_trip_and_offer_are_not_found(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let owner = server.passenger().await;
     let stranger = server.passenger().await;
     let (driver, mut driver_ws) = server.online_driver(near_gangnam(100.0)).await;
@@ -294,9 +291,8 @@ async fn another_users_trip_and_offer_are_not_found() {
     assert_eq!(events.len(), 2, "only requested and accepted happened");
 }
 
-#[tokio::test]
-async fn bad_socket_messages_get_errors_and_the_socket_stays_open() {
-    let server = TestServer::start().await;
+async fn bad_socket_messages_get_errors_and_the_socket_stays_open(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let passenger = server.passenger().await;
     let (_driver, mut ws) = server.online_driver(near_gangnam(100.0)).await;
     let bad: [(&str, &str); 7] = [
@@ -360,9 +356,8 @@ async fn bad_socket_messages_get_errors_and_the_socket_stays_open() {
     ws.sync().await;
 }
 
-#[tokio::test]
-async fn sockets_check_tokens_and_roles_before_upgrading() {
-    let server = TestServer::start().await;
+async fn sockets_check_tokens_and_roles_before_upgrading(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let passenger = server.passenger().await;
     let url = |token: &str| format!("{}/v1/driver/ws?token={token}", server.ws_base());
     for token in ["", "wrong", passenger.token.as_str()] {
@@ -408,9 +403,8 @@ async fn sockets_check_tokens_and_roles_before_upgrading() {
     assert!(!stream.closed_within(Duration::from_millis(100)).await);
 }
 
-#[tokio::test]
-async fn service_endpoints_answer() {
-    let server = TestServer::start().await;
+async fn service_endpoints_answer(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let (status, body) = server.request(Method::GET, "/healthz", None, None).await;
     assert_eq!(
         (status, body["status"].as_str()),
@@ -468,3 +462,12 @@ async fn service_endpoints_answer() {
         "{text}"
     );
 }
+
+on_both_stores!(
+    malformed_and_out_of_range_trip_requests_change_nothing,
+    accounts_validate_names_and_roles,
+    another_users_trip_and_offer_are_not_found,
+    bad_socket_messages_get_errors_and_the_socket_stays_open,
+    sockets_check_tokens_and_roles_before_upgrading,
+    service_endpoints_answer,
+);

@@ -19,9 +19,8 @@ fn names(events: &[Value]) -> Vec<&str> {
         .collect()
 }
 
-#[tokio::test]
-async fn happy_path_from_request_to_fare() {
-    let server = TestServer::start().await;
+async fn happy_path_from_request_to_fare(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let passenger = server.passenger().await;
     let (driver, mut driver_ws) = server.online_driver(near_gangnam(300.0)).await;
 
@@ -147,9 +146,8 @@ async fn happy_path_from_request_to_fare() {
     assert_eq!(offer["trip_id"], trip["id"]);
 }
 
-#[tokio::test]
-async fn a_declined_offer_goes_to_the_next_driver_and_never_back() {
-    let server = TestServer::start().await;
+async fn a_declined_offer_goes_to_the_next_driver_and_never_back(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let passenger = server.passenger().await;
     let (near, mut near_ws) = server.online_driver(near_gangnam(100.0)).await;
     let (far, mut far_ws) = server.online_driver(near_gangnam(2_000.0)).await;
@@ -206,9 +204,8 @@ async fn a_declined_offer_goes_to_the_next_driver_and_never_back() {
     assert_eq!(trip["state"], "requested");
 }
 
-#[tokio::test]
-async fn an_unanswered_offer_lapses_and_moves_on() {
-    let server = TestServer::start_with(|c| c.dispatch.offer_timeout_ms = 300).await;
+async fn an_unanswered_offer_lapses_and_moves_on(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.dispatch.offer_timeout_ms = 300).await;
     let passenger = server.passenger().await;
     let (near, mut near_ws) = server.online_driver(near_gangnam(100.0)).await;
     let (far, mut far_ws) = server.online_driver(near_gangnam(1_000.0)).await;
@@ -247,9 +244,8 @@ async fn an_unanswered_offer_lapses_and_moves_on() {
     assert_eq!(body["driver_id"], far.id.as_str());
 }
 
-#[tokio::test]
-async fn a_trip_nobody_accepts_expires() {
-    let server = TestServer::start_with(|c| c.dispatch.dispatch_deadline_ms = 400).await;
+async fn a_trip_nobody_accepts_expires(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.dispatch.dispatch_deadline_ms = 400).await;
     let passenger = server.passenger().await;
     let trip = server
         .request_trip(&passenger, gangnam(), city_hall())
@@ -277,9 +273,8 @@ async fn a_trip_nobody_accepts_expires() {
         .await;
 }
 
-#[tokio::test]
-async fn a_passenger_cancel_withdraws_the_open_offer() {
-    let server = TestServer::start().await;
+async fn a_passenger_cancel_withdraws_the_open_offer(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let passenger = server.passenger().await;
     let (driver, mut driver_ws) = server.online_driver(near_gangnam(100.0)).await;
     let trip = server
@@ -342,9 +337,8 @@ async fn a_passenger_cancel_withdraws_the_open_offer() {
     assert_eq!(driver_ws.next_of("offer").await["trip_id"], trip["id"]);
 }
 
-#[tokio::test]
-async fn a_driver_cancel_before_pickup_redispatches_to_someone_else() {
-    let server = TestServer::start().await;
+async fn a_driver_cancel_before_pickup_redispatches_to_someone_else(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let passenger = server.passenger().await;
     let (first, mut first_ws) = server.online_driver(near_gangnam(100.0)).await;
     let (_second, mut second_ws) = server.online_driver(near_gangnam(1_500.0)).await;
@@ -406,9 +400,8 @@ async fn a_driver_cancel_before_pickup_redispatches_to_someone_else() {
     }
 }
 
-#[tokio::test]
-async fn an_offer_is_won_once() {
-    let server = TestServer::start().await;
+async fn an_offer_is_won_once(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let passenger = server.passenger().await;
     let (driver, mut driver_ws) = server.online_driver(near_gangnam(100.0)).await;
     server
@@ -432,9 +425,8 @@ async fn an_offer_is_won_once() {
     assert_eq!(body["error"]["code"], "offer_already_answered");
 }
 
-#[tokio::test]
-async fn an_operator_assigns_and_sees_the_fleet() {
-    let server = TestServer::start().await;
+async fn an_operator_assigns_and_sees_the_fleet(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let passenger = server.passenger().await;
     let (near, mut near_ws) = server.online_driver(near_gangnam(100.0)).await;
     let (chosen, mut chosen_ws) = server.online_driver(near_gangnam(2_500.0)).await;
@@ -491,9 +483,8 @@ async fn an_operator_assigns_and_sees_the_fleet() {
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
-#[tokio::test]
-async fn one_active_trip_per_passenger_and_idempotent_retries() {
-    let server = TestServer::start().await;
+async fn one_active_trip_per_passenger_and_idempotent_retries(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let passenger = server.passenger().await;
     let body = json!({"pickup": gangnam(), "dropoff": city_hall()});
     let send = |key: &'static str, body: Value| {
@@ -529,9 +520,8 @@ async fn one_active_trip_per_passenger_and_idempotent_retries() {
     assert_eq!(seqs(&events), [1]);
 }
 
-#[tokio::test]
-async fn a_driver_that_goes_offline_gets_no_offers() {
-    let server = TestServer::start().await;
+async fn a_driver_that_goes_offline_gets_no_offers(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let passenger = server.passenger().await;
     let (_driver, mut ws) = server.online_driver(near_gangnam(100.0)).await;
     ws.send(json!({"type": "status", "status": "offline"}))
@@ -546,9 +536,8 @@ async fn a_driver_that_goes_offline_gets_no_offers() {
     assert_eq!(ws.next_of("offer").await["trip_id"], trip["id"]);
 }
 
-#[tokio::test]
-async fn a_dropped_driver_stays_online_through_the_grace_period_only() {
-    let server = TestServer::start_with(|c| {
+async fn a_dropped_driver_stays_online_through_the_grace_period_only(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
         c.dispatch.stale_after_ms = 200;
         c.dispatch.offline_after_ms = 600;
     })
@@ -586,3 +575,17 @@ async fn a_dropped_driver_stays_online_through_the_grace_period_only() {
         .await;
     assert_eq!(ws.next_of("offer").await["trip_id"], trip["id"]);
 }
+
+on_both_stores!(
+    happy_path_from_request_to_fare,
+    a_declined_offer_goes_to_the_next_driver_and_never_back,
+    an_unanswered_offer_lapses_and_moves_on,
+    a_trip_nobody_accepts_expires,
+    a_passenger_cancel_withdraws_the_open_offer,
+    a_driver_cancel_before_pickup_redispatches_to_someone_else,
+    an_offer_is_won_once,
+    an_operator_assigns_and_sees_the_fleet,
+    one_active_trip_per_passenger_and_idempotent_retries,
+    a_driver_that_goes_offline_gets_no_offers,
+    a_dropped_driver_stays_online_through_the_grace_period_only,
+);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::{path::Path, process::Stdio};
+use std::process::Stdio;
 
 use common::*;
 use reqwest::StatusCode;
@@ -13,18 +13,18 @@ use tokio::{
     process::{Child, Command},
 };
 
-/// Starts `hail serve` on the store in `dir` and returns it with its base URL.
-async fn spawn_hail(dir: &Path) -> (Child, String) {
+/// Starts `hail serve` on the store at `database_url` and returns it with its base URL.
+async fn spawn_hail(database_url: &str) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hail"))
         .arg("serve")
         .env("HAIL_LISTEN", "127.0.0.1:0")
-        .env(
-            "HAIL_DATABASE_URL",
-            format!("sqlite://{}", dir.join("hail.db").display()),
-        )
+        .env("HAIL_DATABASE_URL", database_url)
         .env("HAIL_OPERATOR_TOKEN", OPERATOR_TOKEN)
         .env("HAIL_DISPATCH_RETRY_MS", "50")
-        .env("HAIL_LOG", "warn")
+        .env(
+            "HAIL_LOG",
+            std::env::var("TEST_HAIL_LOG").unwrap_or("warn".into()),
+        )
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -52,10 +52,10 @@ fn client(base: &str, dir: &tempfile::TempDir) -> TestServer {
     }
 }
 
-#[tokio::test]
-async fn kill_9_loses_nothing_acknowledged_and_dispatch_resumes() {
+async fn kill_9_loses_nothing_acknowledged_and_dispatch_resumes(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, base) = spawn_hail(dir.path()).await;
+    let database_url = fresh_database(backend, &dir).await;
+    let (mut child, base) = spawn_hail(&database_url).await;
     let before = client(&base, &dir);
 
     let rider = before.passenger().await;
@@ -91,7 +91,7 @@ async fn kill_9_loses_nothing_acknowledged_and_dispatch_resumes() {
     child.kill().await.unwrap(); // SIGKILL
     drop((driver_ws, late_ws));
 
-    let (mut child, base) = spawn_hail(dir.path()).await;
+    let (mut child, base) = spawn_hail(&database_url).await;
     let after = client(&base, &dir);
     // Every acknowledged change is there, with gapless seqs.
     let (status, trip) = after
@@ -158,10 +158,10 @@ async fn kill_9_loses_nothing_acknowledged_and_dispatch_resumes() {
     child.kill().await.unwrap();
 }
 
-#[tokio::test]
-async fn sigterm_drains_and_exits_cleanly() {
+async fn sigterm_drains_and_exits_cleanly(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, base) = spawn_hail(dir.path()).await;
+    let database_url = fresh_database(backend, &dir).await;
+    let (mut child, base) = spawn_hail(&database_url).await;
     let server = client(&base, &dir);
     let passenger = server.passenger().await;
     let trip = server
@@ -187,7 +187,7 @@ async fn sigterm_drains_and_exits_cleanly() {
     assert!(exit.success(), "{exit:?}");
 
     // Nothing acknowledged was lost across the clean restart either.
-    let (_child, base) = spawn_hail(dir.path()).await;
+    let (_child, base) = spawn_hail(&database_url).await;
     let after = client(&base, &dir);
     let (status, again) = after
         .get(
@@ -198,3 +198,8 @@ async fn sigterm_drains_and_exits_cleanly() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(again["state"], "requested");
 }
+
+on_both_stores!(
+    kill_9_loses_nothing_acknowledged_and_dispatch_resumes,
+    sigterm_drains_and_exits_cleanly,
+);

@@ -7,9 +7,8 @@ use common::*;
 use reqwest::StatusCode;
 use serde_json::json;
 
-#[tokio::test]
-async fn resumed_streams_are_gapless_and_exactly_once() {
-    let server = TestServer::start().await;
+async fn resumed_streams_are_gapless_and_exactly_once(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let passenger = server.passenger().await;
     let (driver, mut driver_ws) = server.online_driver(near_gangnam(100.0)).await;
     let trip = server
@@ -91,9 +90,8 @@ async fn resumed_streams_are_gapless_and_exactly_once() {
     );
 }
 
-#[tokio::test]
-async fn shutdown_closes_sockets_and_stops_serving() {
-    let mut server = TestServer::start().await;
+async fn shutdown_closes_sockets_and_stops_serving(backend: Backend) {
+    let mut server = TestServer::start(backend).await;
     let passenger = server.passenger().await;
     let (_driver, mut driver_ws) = server.online_driver(near_gangnam(100.0)).await;
     let trip = server
@@ -108,3 +106,8 @@ async fn shutdown_closes_sockets_and_stops_serving() {
     assert!(stream.closed_within(PATIENCE).await);
     assert!(reqwest::get(format!("{base}/healthz")).await.is_err());
 }
+
+on_both_stores!(
+    resumed_streams_are_gapless_and_exactly_once,
+    shutdown_closes_sockets_and_stops_serving,
+);

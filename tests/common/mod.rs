@@ -44,8 +44,88 @@ pub struct Account {
     pub token: String,
 }
 
-pub fn test_config(dir: &tempfile::TempDir) -> ServerConfig {
-    let url = format!("sqlite://{}", dir.path().join("hail.db").display());
+/// Which store a test runs on. Every integration test runs on both (see
+/// [`on_both_stores!`]); PostgreSQL only where `HAIL_TEST_POSTGRES_URL` names a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates, for each named `async fn(Backend)`, a test on SQLite and one on PostgreSQL.
+/// Without `HAIL_TEST_POSTGRES_URL` at build time the PostgreSQL ones are listed as
+/// ignored with the reason, so a run never passes off PostgreSQL as tested when it was not.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                #[cfg_attr(not(hail_test_postgres), ignore = "PostgreSQL not tested: set HAIL_TEST_POSTGRES_URL")]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+/// The PostgreSQL server the tests may create databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("HAIL_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .expect("HAIL_TEST_POSTGRES_URL names the PostgreSQL server for the PostgreSQL tests")
+}
+
+/// A fresh, empty store: a file in `dir`, or a new database on the PostgreSQL server.
+/// Test databases are named `hail_test_*`; `.ci/run` drops old ones before a run.
+pub async fn fresh_database(backend: Backend, dir: &tempfile::TempDir) -> String {
+    match backend {
+        Backend::Sqlite => format!("sqlite://{}", dir.path().join("hail.db").display()),
+        Backend::Postgres => {
+            use sqlx::Connection;
+            let admin = postgres_admin_url();
+            let name = format!("hail_test_{}", hail::store::new_id("db").replace("db_", ""));
+            let mut connection = sqlx::PgConnection::connect(&admin)
+                .await
+                .expect("PostgreSQL reachable");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut connection)
+                .await
+                .expect("test database created");
+            with_database(&admin, &name)
+        }
+    }
+}
+
+/// `url` with its database replaced by `name`.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{name}", &base[..host_end]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+pub async fn test_config(backend: Backend, dir: &tempfile::TempDir) -> ServerConfig {
+    let url = fresh_database(backend, dir).await;
     let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), url);
     config.operator_token = Some(OPERATOR_TOKEN.to_string());
     config.dispatch.dispatch_retry_ms = 50;
@@ -53,13 +133,16 @@ pub fn test_config(dir: &tempfile::TempDir) -> ServerConfig {
 }
 
 impl TestServer {
-    pub async fn start() -> TestServer {
-        TestServer::start_with(|_| {}).await
+    pub async fn start(backend: Backend) -> TestServer {
+        TestServer::start_with(backend, |_| {}).await
     }
 
-    pub async fn start_with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
+    pub async fn start_with(
+        backend: Backend,
+        adjust: impl FnOnce(&mut ServerConfig),
+    ) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = test_config(&dir);
+        let mut config = test_config(backend, &dir).await;
         adjust(&mut config);
         let server = hail::server::start(config).await.expect("server starts");
         TestServer {
@@ -199,6 +282,8 @@ impl TestServer {
 
 pub struct Ws {
     pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Messages that arrived while [`Ws::sync`] waited, handed out first by `next`.
+    held: std::collections::VecDeque<Value>,
 }
 
 impl Ws {
@@ -206,7 +291,10 @@ impl Ws {
         let (stream, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("websocket connects");
-        Ws { stream }
+        Ws {
+            stream,
+            held: Default::default(),
+        }
     }
 
     pub async fn send(&mut self, value: Value) {
@@ -232,6 +320,9 @@ impl Ws {
 
     /// The next JSON message, or `None` if the socket closed or nothing came in `wait`.
     pub async fn try_next(&mut self, wait: Duration) -> Option<Value> {
+        if let Some(message) = self.held.pop_front() {
+            return Some(message);
+        }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let frame = tokio::time::timeout_at(deadline, self.stream.next())
@@ -261,11 +352,14 @@ impl Ws {
     /// message is answered with an error, in order, by the socket's single reader.
     pub async fn sync(&mut self) {
         self.send(json!({"type": "sync"})).await;
+        let mut arrived = std::mem::take(&mut self.held);
         loop {
             let message = self.next().await;
             if message["type"] == "error" && message["code"] == "invalid_message" {
+                self.held = arrived;
                 return;
             }
+            arrived.push_back(message);
         }
     }
 
