@@ -253,7 +253,18 @@ impl Store {
                 )
             })
             .collect();
-        Migrator::with_migrations(migrations).run(&pool).await?;
+        let migrator = Migrator::with_migrations(migrations);
+        // PostgreSQL serializes nodes migrating at once with an advisory lock; SQLite has
+        // none, so a process that lost the race sees the winner's schema on a retry.
+        let mut attempt = 0;
+        while let Err(error) = migrator.run(&pool).await {
+            attempt += 1;
+            if attempt == MAX_ATTEMPTS {
+                return Err(error.into());
+            }
+            tracing::debug!(%error, attempt, "migration raced another node; retrying");
+            backoff(attempt).await;
+        }
         Ok(Store {
             pool,
             backend,

@@ -375,3 +375,86 @@ impl Ws {
         }
     }
 }
+
+/// A TCP gate between hail and its PostgreSQL server: while shut, it cuts every open
+/// connection and refuses new ones, as a failed or partitioned database host would.
+pub struct Gate {
+    pub port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Gate {
+    pub async fn start(target: std::net::SocketAddr) -> Gate {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cut, cuts) = tokio::sync::watch::channel(0u64);
+        let gate_open = open.clone();
+        tokio::spawn(async move {
+            while let Ok((mut incoming, _)) = listener.accept().await {
+                if !gate_open.load(Ordering::SeqCst) {
+                    continue; // dropped: the client sees its connection reset
+                }
+                let mut cuts = cuts.clone();
+                cuts.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(mut outgoing) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut incoming, &mut outgoing) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Gate { port, open, cut }
+    }
+
+    pub fn shut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.send_modify(|generation| *generation += 1);
+    }
+
+    pub fn reopen(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `url` with its host and port replaced by 127.0.0.1:`port`.
+pub fn through_port(url: &str, port: u16) -> String {
+    let scheme_end = url.find("://").unwrap() + 3;
+    let authority_end = url[scheme_end..]
+        .find('/')
+        .map_or(url.len(), |i| scheme_end + i);
+    let authority = &url[scheme_end..authority_end];
+    let user = authority
+        .rsplit_once('@')
+        .map(|(user, _)| format!("{user}@"))
+        .unwrap_or_default();
+    format!(
+        "{}{user}127.0.0.1:{port}{}",
+        &url[..scheme_end],
+        &url[authority_end..]
+    )
+}
+
+/// The host:port a PostgreSQL URL points at.
+pub fn postgres_address(url: &str) -> std::net::SocketAddr {
+    let scheme_end = url.find("://").unwrap() + 3;
+    let authority_end = url[scheme_end..]
+        .find('/')
+        .map_or(url.len(), |i| scheme_end + i);
+    let host_port = url[scheme_end..authority_end].rsplit('@').next().unwrap();
+    let host_port = if host_port.contains(':') {
+        host_port.to_string()
+    } else {
+        format!("{host_port}:5432")
+    };
+    let host_port = host_port.replace("localhost", "127.0.0.1");
+    host_port
+        .parse()
+        .expect("PostgreSQL test URL names an IP address and port")
+}
