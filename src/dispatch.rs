@@ -25,6 +25,7 @@ use crate::{
     geometry::LatLng,
     hub::{Hub, OfferMessage, ServerMessage, WithdrawReason},
     metrics::{Metrics, OfferOutcome},
+    ops::OfferLog,
     store::{Store, StoreError},
     trip::{Change, Money, Timestamp, Trip, TripEvent, TripState},
 };
@@ -319,7 +320,13 @@ impl Dispatcher {
                     pending.excluded.insert(offer.driver_id.clone());
                     pending.next_search = now;
                 }
-                self.metrics.offer(OfferOutcome::expired);
+                self.record_offer(
+                    OfferOutcome::expired,
+                    &offer_id,
+                    &offer.trip_id,
+                    &offer.driver_id,
+                    None,
+                );
                 effects.push(Effect::send(
                     offer.driver_id.clone(),
                     ServerMessage::OfferWithdrawn {
@@ -352,7 +359,13 @@ impl Dispatcher {
                             && let Some(offer) = book.offers.remove(&offer_id)
                         {
                             fleet.release(&offer.driver_id, &offer_id);
-                            self.metrics.offer(OfferOutcome::withdrawn);
+                            self.record_offer(
+                                OfferOutcome::withdrawn,
+                                &offer_id,
+                                trip_id,
+                                &offer.driver_id,
+                                None,
+                            );
                             effects.push(Effect::send(
                                 offer.driver_id.clone(),
                                 ServerMessage::OfferWithdrawn {
@@ -370,7 +383,7 @@ impl Dispatcher {
                 if pending.offer.is_none() {
                     if fleet_changed || pending.next_search <= now {
                         match self.best_candidate(&fleet, pending, now) {
-                            Some(candidate) => {
+                            Some((candidate, ranked)) => {
                                 let offer_id = crate::store::new_id("ofr");
                                 if fleet.reserve(&candidate.driver_id, &offer_id, now) {
                                     let expires_at =
@@ -392,7 +405,13 @@ impl Dispatcher {
                                         },
                                     );
                                     next = next.min(expires_at);
-                                    self.metrics.offer(OfferOutcome::made);
+                                    self.record_offer(
+                                        OfferOutcome::made,
+                                        &offer_id,
+                                        trip_id,
+                                        &candidate.driver_id,
+                                        Some((&candidate, ranked)),
+                                    );
                                     tracing::debug!(%trip_id, %offer_id, driver_id = %candidate.driver_id,
                                         distance_m = candidate.distance_m, eta_s = candidate.eta_s,
                                         radius_m = candidate.radius_m, "offer made");
@@ -438,7 +457,7 @@ impl Dispatcher {
         fleet: &FleetIndex,
         pending: &Pending,
         now: Instant,
-    ) -> Option<RankedCandidate> {
+    ) -> Option<(RankedCandidate, usize)> {
         let outermost = self
             .config
             .search_radius_m
@@ -452,15 +471,48 @@ impl Dispatcher {
             now,
             |driver_id| pending.excluded.contains(driver_id),
         );
-        rank_candidates(
+        let ranked = rank_candidates(
             nearest,
             &self.config.search_radius_m,
             pending.pickup,
             |id| fleet.position(id),
             &*self.eta,
-        )
-        .into_iter()
-        .next()
+        );
+        let count = ranked.len();
+        ranked.into_iter().next().map(|best| (best, count))
+    }
+
+    /// Counts an offer outcome and writes it to the operators' audit log; `ranking` is the
+    /// chosen candidate and how many were ranked, for offers made.
+    fn record_offer(
+        &self,
+        outcome: OfferOutcome,
+        offer_id: &str,
+        trip_id: &str,
+        driver_id: &str,
+        ranking: Option<(&RankedCandidate, usize)>,
+    ) {
+        let name = match outcome {
+            OfferOutcome::made => "made",
+            OfferOutcome::accepted => "accepted",
+            OfferOutcome::declined => "declined",
+            OfferOutcome::expired => "expired",
+            OfferOutcome::withdrawn => "withdrawn",
+        };
+        self.metrics.offer(outcome);
+        self.hub.ops.offer(OfferLog {
+            offer_id: offer_id.to_string(),
+            trip_id: trip_id.to_string(),
+            driver_id: driver_id.to_string(),
+            outcome: name,
+            pickup_distance_m: ranking.map(|(c, _)| c.distance_m.round()),
+            pickup_eta_s: ranking.map(|(c, _)| c.eta_s.round()),
+            // The best-ranked candidate is the one offered.
+            rank: ranking.map(|_| 1),
+            candidates: ranking.map(|(_, count)| count as u32),
+            radius_m: ranking.map(|(c, _)| c.radius_m),
+            at: Timestamp::now(),
+        });
     }
 
     async fn apply(&self, effects: Vec<Effect>) {
@@ -582,13 +634,13 @@ impl Dispatcher {
         self.wake();
         match result {
             Ok(transition) => {
-                self.metrics.offer(OfferOutcome::accepted);
+                self.record_offer(OfferOutcome::accepted, offer_id, &trip_id, driver_id, None);
                 self.metrics.transition(transition.event.event.as_str());
                 self.hub.publish(&transition.event, None);
                 Ok(transition.event)
             }
             Err(StoreError::InvalidTransition(_) | StoreError::NotFound) => {
-                self.metrics.offer(OfferOutcome::withdrawn);
+                self.record_offer(OfferOutcome::withdrawn, offer_id, &trip_id, driver_id, None);
                 Err(ApiError::conflict(
                     "offer_expired",
                     "the trip is no longer available",
@@ -614,7 +666,7 @@ impl Dispatcher {
             self.fleet.lock().unwrap().release(driver_id, offer_id);
             trip_id
         };
-        self.metrics.offer(OfferOutcome::declined);
+        self.record_offer(OfferOutcome::declined, offer_id, &trip_id, driver_id, None);
         self.wake();
         self.store
             .add_exclusion(&trip_id, driver_id, "declined")
@@ -668,7 +720,13 @@ impl Dispatcher {
             .unwrap()
             .release(&offer.driver_id, offer_id);
         book.remember(offer_id, &offer.driver_id, Answer::Withdrawn);
-        self.metrics.offer(OfferOutcome::withdrawn);
+        self.record_offer(
+            OfferOutcome::withdrawn,
+            offer_id,
+            &offer.trip_id,
+            &offer.driver_id,
+            None,
+        );
         self.hub.send_to_driver(
             &offer.driver_id,
             ServerMessage::OfferWithdrawn {
@@ -855,7 +913,11 @@ mod tests {
                 },
                 idempotency_key: None,
             };
-            let (trip, _) = rig.store.create_trip(new).await.unwrap();
+            let crate::store::Creation::Created(event) = rig.store.create_trip(new).await.unwrap()
+            else {
+                panic!("a new trip")
+            };
+            let trip = event.trip;
             rig.dispatcher.submit(&trip, []);
             trip
         }

@@ -12,7 +12,7 @@
 //! k-th best true distance found.
 
 use std::{
-    collections::{BinaryHeap, HashMap},
+    collections::{BinaryHeap, HashMap, VecDeque},
     sync::Arc,
     time::Duration,
 };
@@ -83,6 +83,8 @@ struct Slot {
     /// mid-trip loses the count).
     odometer_m: f64,
     odometer_complete: bool,
+    /// The fleet clock at this slot's last change.
+    version: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -128,6 +130,23 @@ pub struct FleetIndex {
     by_id: HashMap<Arc<str>, u32>,
     slack_chord: f64,
     stale_after: Duration,
+    /// Counts changes; see [`FleetIndex::changed_since`].
+    clock: u64,
+    /// Drivers that went offline, with the clock at their removal. Bounded: a reader
+    /// further behind than this log reaches gets a full view instead.
+    removed: VecDeque<(u64, Arc<str>)>,
+}
+
+/// Most removals remembered for [`FleetIndex::changed_since`].
+const REMOVED_LOG: usize = 100_000;
+
+/// What changed in the fleet since a reader's last look.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetChanges {
+    pub drivers: Vec<DriverView>,
+    pub removed: Vec<String>,
+    /// Pass this to the next `changed_since`.
+    pub version: u64,
 }
 
 impl FleetIndex {
@@ -139,6 +158,8 @@ impl FleetIndex {
             by_id: HashMap::new(),
             slack_chord: geometry::chord_for_distance_m(SLACK_M),
             stale_after,
+            clock: 0,
+            removed: VecDeque::new(),
         }
     }
 
@@ -156,11 +177,16 @@ impl FleetIndex {
         self.slots[index as usize].as_ref()
     }
 
+    /// Mutable access counts as a change: the slot gets the next version, which is how
+    /// the operator stream finds what moved since its last batch.
     fn slot_mut(&mut self, driver_id: &str) -> Option<(u32, &mut Slot)> {
         let index = *self.by_id.get(driver_id)?;
-        self.slots[index as usize]
-            .as_mut()
-            .map(|slot| (index, slot))
+        self.clock += 1;
+        let version = self.clock;
+        self.slots[index as usize].as_mut().map(|slot| {
+            slot.version = version;
+            (index, slot)
+        })
     }
 
     fn is_dispatchable(slot: &Slot, now: Instant, stale_after: Duration) -> bool {
@@ -202,7 +228,9 @@ impl FleetIndex {
             indexed: None,
             odometer_m: 0.0,
             odometer_complete: false,
+            version: self.clock + 1,
         };
+        self.clock += 1;
         let index = match self.free_slots.pop() {
             Some(index) => {
                 self.slots[index as usize] = Some(slot);
@@ -245,6 +273,11 @@ impl FleetIndex {
         let Some(index) = self.by_id.remove(driver_id) else {
             return;
         };
+        self.clock += 1;
+        self.removed.push_back((self.clock, Arc::from(driver_id)));
+        if self.removed.len() > REMOVED_LOG {
+            self.removed.pop_front();
+        }
         if let Some(slot) = self.slots[index as usize].take()
             && let Some(envelope) = slot.indexed
         {
@@ -490,6 +523,40 @@ impl FleetIndex {
         }
     }
 
+    /// The fleet's current version, for a reader starting from a full view.
+    pub fn version(&self) -> u64 {
+        self.clock
+    }
+
+    /// Drivers changed and removed since `version`; `None` if removals that old were
+    /// forgotten (the reader should take a full view).
+    pub fn changed_since(&self, version: u64, now: Instant) -> Option<FleetChanges> {
+        if self.removed.len() == REMOVED_LOG
+            && self.removed.front().is_some_and(|(v, _)| *v > version)
+        {
+            return None;
+        }
+        let drivers = self
+            .slots
+            .iter()
+            .flatten()
+            .filter(|slot| slot.version > version)
+            .map(|slot| self.view_of(slot, now))
+            .collect();
+        let removed = self
+            .removed
+            .iter()
+            .rev()
+            .take_while(|(v, _)| *v > version)
+            .map(|(_, id)| id.to_string())
+            .collect();
+        Some(FleetChanges {
+            drivers,
+            removed,
+            version: self.clock,
+        })
+    }
+
     /// Every online driver.
     pub fn views(&self, now: Instant) -> Vec<DriverView> {
         self.slots
@@ -670,5 +737,24 @@ mod tests {
             index.ping("d", p, None, now);
         }
         assert!((index.odometer_m("d").unwrap() - 1_000.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn changes_are_reported_once_per_reader_version() {
+        let now = Instant::now();
+        let mut index = FleetIndex::new(STALE);
+        online(&mut index, "a", seoul(), now);
+        online(&mut index, "b", seoul(), now);
+        let start = index.version();
+        assert!(index.changed_since(start, now).unwrap().drivers.is_empty());
+        index.ping("a", seoul().destination(0.0, 10.0), None, now);
+        let changes = index.changed_since(start, now).unwrap();
+        let ids: Vec<&str> = changes.drivers.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["a"]);
+        index.disconnect("b");
+        index.sweep_offline(now + Duration::from_secs(120), Duration::from_secs(60));
+        let later = index.changed_since(changes.version, now).unwrap();
+        assert_eq!(later.removed, ["b"]);
+        assert!(later.drivers.iter().all(|d| d.id != "b"));
     }
 }

@@ -17,11 +17,12 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::{
     error::{ApiError, ApiJson, ErrorBody, parse_json, read_body},
-    fleet::{DriverState, DriverView},
+    fleet::DriverState,
     geometry::LatLng,
     hub::WithdrawReason,
+    ops::Snapshot,
     server::AppState,
-    store::{NewTrip, Role, SNAPSHOT_TERMINAL_TRIPS, StoreError},
+    store::{Creation, NewTrip, Role, StoreError},
     trip::{Change, EventKind, Money, Trip, TripEvent, TripState},
 };
 
@@ -48,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/offers/{id}/accept", post(accept_offer))
         .route("/v1/offers/{id}/decline", post(decline_offer))
         .route("/v1/ops/snapshot", get(snapshot))
+        .route("/v1/ops/ws", get(crate::ops::ops_socket))
         .route("/v1/driver/ws", get(crate::ws::driver_socket))
         .route("/v1/trips/{id}/ws", get(crate::ws::trip_socket))
         .route("/healthz", get(healthz))
@@ -240,27 +242,6 @@ pub struct EventsPage {
     pub events: Vec<TripEvent>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Snapshot {
-    pub drivers: Vec<DriverView>,
-    pub trips: Vec<Trip>,
-    pub stats: Stats,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Stats {
-    pub drivers_online: usize,
-    pub drivers_available: usize,
-    pub drivers_offered: usize,
-    pub drivers_busy: usize,
-    pub drivers_stale: usize,
-    pub drivers_offline: usize,
-    /// Trips waiting for a driver.
-    pub trips_requested: usize,
-    /// Trips with a driver attached.
-    pub trips_active: usize,
-}
-
 #[utoipa::path(post, path = "/v1/passengers", tag = "accounts", request_body = PassengerSignup,
     responses((status = 201, body = Credentials), (status = 400, body = ErrorBody)))]
 async fn create_passenger(
@@ -349,11 +330,15 @@ async fn create_trip(
         dropoff: body.dropoff,
         idempotency_key,
     };
-    let (trip, created) = state.store.create_trip(new).await?;
-    if created {
-        state.metrics.transition(EventKind::Requested.as_str());
-        state.dispatcher.submit(&trip, []);
-    }
+    let trip = match state.store.create_trip(new).await? {
+        Creation::Created(event) => {
+            // Published first, so watchers see the request before any offer for it.
+            committed(&state, &event, None);
+            state.dispatcher.submit(&event.trip, []);
+            event.trip
+        }
+        Creation::Existing(trip) => trip,
+    };
     Ok((StatusCode::CREATED, ApiJson(trip)))
 }
 
@@ -613,41 +598,7 @@ async fn snapshot(
     principal: Principal,
 ) -> Result<ApiJson<Snapshot>, ApiError> {
     principal.require(Role::Operator)?;
-    let open = [
-        TripState::Requested,
-        TripState::Accepted,
-        TripState::Arrived,
-        TripState::InProgress,
-    ];
-    let mut trips = state.store.trips_in_states(&open).await?;
-    let trips_requested = trips
-        .iter()
-        .filter(|t| t.state == TripState::Requested)
-        .count();
-    let trips_active = trips.len() - trips_requested;
-    trips.extend(
-        state
-            .store
-            .recent_terminal_trips(SNAPSHOT_TERMINAL_TRIPS)
-            .await?,
-    );
-    let drivers = state.fleet.lock().unwrap().views(Instant::now());
-    let count = |wanted: DriverState| drivers.iter().filter(|d| d.state == wanted).count();
-    let stats = Stats {
-        drivers_online: drivers.len(),
-        drivers_available: count(DriverState::Available),
-        drivers_offered: count(DriverState::Offered),
-        drivers_busy: count(DriverState::Busy),
-        drivers_stale: count(DriverState::Stale),
-        drivers_offline: count(DriverState::Offline),
-        trips_requested,
-        trips_active,
-    };
-    Ok(ApiJson(Snapshot {
-        drivers,
-        trips,
-        stats,
-    }))
+    crate::ops::snapshot(&state).await.map(ApiJson)
 }
 
 #[derive(Serialize, ToSchema)]
@@ -733,7 +684,8 @@ async fn console() -> Html<&'static str> {
         readyz,
         metrics,
         crate::ws::driver_socket,
-        crate::ws::trip_socket
+        crate::ws::trip_socket,
+        crate::ops::ops_socket
     ),
     components(schemas(crate::hub::ServerMessage, crate::ws::DriverClientMessage))
 )]

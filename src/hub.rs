@@ -14,6 +14,7 @@ use utoipa::ToSchema;
 
 use crate::{
     geometry::LatLng,
+    ops::OpsFeed,
     trip::{Money, Timestamp, TripEvent},
 };
 
@@ -88,6 +89,8 @@ pub struct Hub {
     /// The socket currently serving each driver; a newer socket replaces an older one.
     drivers: Mutex<HashMap<String, DriverChannel>>,
     next_connection: std::sync::atomic::AtomicU64,
+    /// The operator streams' feed: every committed event and every offer.
+    pub ops: OpsFeed,
     dropped: std::sync::atomic::AtomicU64,
 }
 
@@ -102,8 +105,9 @@ impl Hub {
         let shared = Arc::new(event.clone());
         if let Some(sender) = self.trips.lock().unwrap().get(&event.trip_id) {
             // No receivers is fine: nobody is watching this trip right now.
-            let _ = sender.send(TripMessage::Event(shared));
+            let _ = sender.send(TripMessage::Event(shared.clone()));
         }
+        self.ops.event(&shared);
         let current = event.trip.driver_id.as_deref();
         for driver in [current, previous_driver.filter(|d| Some(*d) != current)]
             .into_iter()

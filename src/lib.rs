@@ -17,6 +17,7 @@
 //! - [`store`] — the source of truth on SQLite or PostgreSQL. Where a change is written.
 //! - [`hub`] — fans committed events out to sockets.
 //! - [`metrics`] — Prometheus counters and histograms.
+//! - [`ops`] — the operator's snapshot, figures, offer audit log and live stream.
 //! - [`geometry`] — validated coordinates and distances on the sphere; pure.
 //! - [`error`] — the one client-visible error type and its wire format.
 //! - [`server`] — wiring and the background tasks; what `main` and the tests start.
@@ -29,6 +30,7 @@ pub mod geometry;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod ops;
 pub mod server;
 pub mod store;
 pub mod trip;

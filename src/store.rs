@@ -168,6 +168,15 @@ pub struct NewAccount {
     pub token: String,
 }
 
+/// What [`Store::create_trip`] did.
+#[derive(Debug, Clone)]
+pub enum Creation {
+    /// A new trip, with its `requested` event.
+    Created(TripEvent),
+    /// A retry with a known idempotency key: the trip created first, as it is now.
+    Existing(Trip),
+}
+
 /// A request for a new trip, already validated.
 #[derive(Debug, Clone)]
 pub struct NewTrip {
@@ -364,9 +373,9 @@ impl Store {
 
     /// Creates a trip with its `requested` event (seq 1). With an idempotency key, a retry
     /// of the same request returns the trip created first (`created == false`).
-    pub async fn create_trip(&self, new: NewTrip) -> Result<(Trip, bool), StoreError> {
+    pub async fn create_trip(&self, new: NewTrip) -> Result<Creation, StoreError> {
         if let Some(existing) = self.trip_by_idempotency_key(&new).await? {
-            return Ok((existing, false));
+            return Ok(Creation::Existing(existing));
         }
         let now = Timestamp::now();
         let trip = Trip {
@@ -417,10 +426,10 @@ impl Store {
         })
         .await;
         match result {
-            Ok(()) => Ok((trip, true)),
+            Ok(()) => Ok(Creation::Created(event)),
             Err(error) => match unique_violation(&error) {
                 Some(Unique::IdempotencyKey) => match self.trip_by_idempotency_key(&new).await? {
-                    Some(existing) => Ok((existing, false)),
+                    Some(existing) => Ok(Creation::Existing(existing)),
                     None => Err(StoreError::Contention),
                 },
                 Some(Unique::Passenger) => Err(StoreError::PassengerBusy),

@@ -118,7 +118,7 @@ impl EventKind {
 }
 
 /// Milliseconds since the Unix epoch; on the wire an RFC 3339 UTC string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, ToSchema)]
 #[schema(value_type = String, format = DateTime, example = "2026-11-24T09:30:00.000Z")]
 pub struct Timestamp(pub i64);
 

@@ -48,7 +48,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Error replies queued for one driver socket before further ones are dropped.
 const ERROR_QUEUE: usize = 8;
 
-fn configure(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
+pub fn configure(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
@@ -57,7 +57,7 @@ fn configure(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
         .max_frame_size(MAX_FRAME_BYTES)
 }
 
-fn socket_permit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
+pub fn socket_permit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
     state
         .sockets
         .clone()

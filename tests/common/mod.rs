@@ -338,10 +338,15 @@ impl Ws {
         }
     }
 
-    /// The next message of `kind`, skipping others (e.g. `driver_location`).
+    /// The next message of `kind`, skipping others (e.g. `driver_location`). Panics if
+    /// none arrives within the patience bound, however many others do.
     pub async fn next_of(&mut self, kind: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let message = self.next().await;
+            let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let message = self.try_next(wait).await;
+            let message =
+                message.unwrap_or_else(|| panic!("no {kind} message within the patience bound"));
             if message["type"] == kind {
                 return message;
             }
