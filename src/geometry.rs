@@ -82,6 +82,15 @@ impl LatLng {
         [lat.cos() * lng.cos(), lat.cos() * lng.sin(), lat.sin()]
     }
 
+    /// Initial great-circle bearing towards `other`, in degrees from north, [0, 360).
+    pub fn bearing_to(&self, other: &LatLng) -> f64 {
+        let (lat1, lat2) = (self.lat.to_radians(), other.lat.to_radians());
+        let delta_lng = (other.lng - self.lng).to_radians();
+        let y = delta_lng.sin() * lat2.cos();
+        let x = lat1.cos() * lat2.sin() - lat1.sin() * lat2.cos() * delta_lng.cos();
+        y.atan2(x).to_degrees().rem_euclid(360.0)
+    }
+
     /// The point `distance_m` away along `bearing_deg` (0 = north, 90 = east).
     pub fn destination(&self, bearing_deg: f64, distance_m: f64) -> LatLng {
         let angle = distance_m / EARTH_RADIUS_M;
@@ -184,6 +193,18 @@ mod tests {
         let chord = squared_distance(&west.unit_vector(), &east.unit_vector()).sqrt();
         assert!(distance_m_for_chord(chord) < 30.0);
         assert!(west.distance_m(&east) < 30.0);
+    }
+
+    #[test]
+    fn bearing_points_the_way_destination_goes() {
+        let origin = p(37.5, 127.0);
+        for bearing in [0.0, 45.0, 135.0, 270.0] {
+            let target = origin.destination(bearing, 2_000.0);
+            assert!(
+                (origin.bearing_to(&target) - bearing).abs() < 0.01,
+                "{bearing}"
+            );
+        }
     }
 
     #[test]

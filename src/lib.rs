@@ -21,6 +21,8 @@
 //! - [`geometry`] — validated coordinates and distances on the sphere; pure.
 //! - [`error`] — the one client-visible error type and its wire format.
 //! - [`server`] — wiring and the background tasks; what `main` and the tests start.
+//! - [`sim`] — `hail sim`: a simulated city of real HTTP/WebSocket clients, for the
+//!   demo and for load.
 
 pub mod config;
 pub mod dispatch;
@@ -32,6 +34,7 @@ pub mod hub;
 pub mod metrics;
 pub mod ops;
 pub mod server;
+pub mod sim;
 pub mod store;
 pub mod trip;
 pub mod ws;

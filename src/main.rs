@@ -1,7 +1,8 @@
 //! The `hail` binary: a thin command line over the library.
 
-use clap::{Parser, Subcommand};
-use hail::{config::ServerConfig, server};
+use clap::{Args, Parser, Subcommand};
+use hail::{config::ServerConfig, server, sim};
+use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -13,8 +14,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the REST + WebSocket API.
+    /// Serve the REST + WebSocket API and the operator console.
     Serve(ServerConfig),
+    /// Drive a hail server with a simulated city of drivers and passengers.
+    Sim(sim::SimConfig),
+    /// A server on the embedded store plus a simulated Seoul, in one process.
+    Demo(DemoConfig),
+}
+
+#[derive(Args)]
+#[command(mut_arg("database_url", |arg| arg.default_value("sqlite://hail-demo.db")))]
+struct DemoConfig {
+    #[command(flatten)]
+    server: ServerConfig,
+    /// Simulated drivers.
+    #[arg(long, default_value_t = 300)]
+    drivers: u32,
+    /// New ride requests per minute.
+    #[arg(long, default_value_t = 40.0)]
+    requests_per_min: f64,
+    /// How much faster than real time the city drives, so rides finish within a minute.
+    #[arg(long, default_value_t = 8.0)]
+    time_scale: f64,
+    /// How often each simulated driver pings.
+    #[arg(long, default_value_t = 2_000)]
+    ping_interval_ms: u64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 #[tokio::main]
@@ -27,10 +53,13 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(config) => serve(config).await,
+        Command::Sim(config) => run_sim(config).await,
+        Command::Demo(config) => demo(config).await,
     }
 }
 
 async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let server = server::start(config).await?;
     if server.operator_token_generated {
         // Printed once, on stdout, so an operator can copy it; never logged.
@@ -43,6 +72,60 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await
+}
+
+async fn run_sim(config: sim::SimConfig) -> anyhow::Result<()> {
+    let json = config.json;
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let summary = sim::run(config, stopped).await?;
+    print!("{}", summary.table());
+    if json {
+        println!("{}", serde_json::to_string(&summary)?);
+    }
+    Ok(())
+}
+
+async fn demo(config: DemoConfig) -> anyhow::Result<()> {
+    raise_open_file_limit();
+    let server = server::start(config.server).await?;
+    let console = format!("http://{}/", server.addr);
+    println!(
+        "hail demo: a simulated Seoul with {} drivers, {} requests a minute",
+        config.drivers, config.requests_per_min
+    );
+    println!("  console:        {console}");
+    println!("  operator token: {}", server.operator_token);
+    println!("  stop with Ctrl-C");
+    let mut city = sim::SimConfig::new(
+        format!("http://{}", server.addr),
+        server.operator_token.clone(),
+    );
+    city.drivers = config.drivers;
+    city.requests_per_min = config.requests_per_min;
+    city.time_scale = config.time_scale;
+    city.ping_interval_ms = config.ping_interval_ms;
+    city.seed = config.seed;
+    city.think_time_ms = 1_500;
+    city.duration = std::time::Duration::from_secs(100 * 365 * 24 * 3_600);
+    city.drain = std::time::Duration::ZERO;
+    let (stop, stopped) = watch::channel(false);
+    let simulation = tokio::spawn(sim::run(city, stopped));
+    shutdown_signal().await;
+    let _ = stop.send(true);
+    let summary = simulation.await??;
+    print!("{}", summary.table());
+    server.shutdown().await
+}
+
+/// Every driver is a socket: ask for as many descriptors as the system allows.
+fn raise_open_file_limit() {
+    if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(%error, "could not raise the open-file limit");
+    }
 }
 
 /// Ctrl-C or SIGTERM.
