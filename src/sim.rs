@@ -150,6 +150,39 @@ pub struct SimConfig {
     /// No live progress (for embedding, e.g. tests).
     #[arg(skip)]
     pub quiet: bool,
+    /// Where to note every acknowledged change and every streamed event (chaos harness).
+    #[arg(skip)]
+    pub journal: Option<Arc<Journal>>,
+}
+
+/// A change the server acknowledged to a simulated client: `event` at `seq` of `trip_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acknowledged {
+    pub trip_id: String,
+    pub seq: i64,
+    pub event: &'static str,
+}
+
+/// What the simulated clients were told, for checking against the store afterwards.
+#[derive(Debug, Default)]
+pub struct Journal {
+    pub acknowledged: Mutex<Vec<Acknowledged>>,
+    /// Trip-stream events received, and those out of order: a seq past the next one (a
+    /// gap) or at or before the last one (a repeat). Both must stay zero.
+    pub events_streamed: AtomicU64,
+    pub stream_gaps: AtomicU64,
+    pub stream_repeats: AtomicU64,
+}
+
+impl Journal {
+    fn streamed(&self, seq: i64, last_seq: i64) {
+        self.events_streamed.fetch_add(1, Ordering::Relaxed);
+        if seq > last_seq + 1 {
+            self.stream_gaps.fetch_add(1, Ordering::Relaxed);
+        } else if seq <= last_seq {
+            self.stream_repeats.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl SimConfig {
@@ -663,6 +696,7 @@ async fn drive(
                                     && let (Some(trip_id), Ok(pickup), Ok(dropoff)) = (trip["id"].as_str(), point(&trip["pickup"]), point(&trip["dropoff"]))
                                 {
                                     Counters::add(&counters.accepted);
+                                    city.acknowledged(trip_id, trip["seq"].as_i64().unwrap_or(0), "accepted");
                                     phase = Phase::ToPickup { trip_id: trip_id.to_string(), pickup, dropoff };
                                 }
                             }
@@ -782,42 +816,41 @@ fn advance(
     }
 }
 
-/// The driver's side of a ride: arrive, board, start, drive, complete.
+/// The driver's side of a ride: arrive, board, start, drive, complete. A step the server
+/// did not answer (restarting, unreachable) is tried again on the next ping; one it
+/// refused ends the ride (it was cancelled meanwhile).
 async fn next_phase(city: &City, token: &str, phase: Phase, arrived: bool, now: Instant) -> Phase {
     match phase {
         Phase::ToPickup {
-            trip_id, dropoff, ..
-        } if arrived => {
-            match city
-                .post(&format!("/v1/trips/{trip_id}/arrive"), token, json!({}))
-                .await
-            {
-                Ok((200, _)) => Phase::Boarding {
-                    trip_id,
-                    dropoff,
-                    until: now + city.scale(BOARDING),
-                },
-                _ => Phase::Cruising,
-            }
-        }
+            ref trip_id,
+            dropoff,
+            ..
+        } if arrived => match city.ride_step(token, trip_id, "arrive").await {
+            Some(true) => Phase::Boarding {
+                trip_id: trip_id.clone(),
+                dropoff,
+                until: now + city.scale(BOARDING),
+            },
+            Some(false) => Phase::Cruising,
+            None => phase,
+        },
         Phase::Boarding {
-            trip_id,
+            ref trip_id,
             dropoff,
             until,
-        } if now >= until => {
-            match city
-                .post(&format!("/v1/trips/{trip_id}/start"), token, json!({}))
-                .await
-            {
-                Ok((200, _)) => Phase::ToDropoff { trip_id, dropoff },
-                _ => Phase::Cruising,
+        } if now >= until => match city.ride_step(token, trip_id, "start").await {
+            Some(true) => Phase::ToDropoff {
+                trip_id: trip_id.clone(),
+                dropoff,
+            },
+            Some(false) => Phase::Cruising,
+            None => phase,
+        },
+        Phase::ToDropoff { ref trip_id, .. } if arrived => {
+            match city.ride_step(token, trip_id, "complete").await {
+                Some(_) => Phase::Cruising,
+                None => phase,
             }
-        }
-        Phase::ToDropoff { trip_id, .. } if arrived => {
-            let _ = city
-                .post(&format!("/v1/trips/{trip_id}/complete"), token, json!({}))
-                .await;
-            Phase::Cruising
         }
         phase => phase,
     }
@@ -844,7 +877,8 @@ async fn ride(city: Arc<City>, mut rng: StdRng, mut stop: watch::Receiver<bool>)
     let sent = Instant::now();
     // A lost answer is retried with the same Idempotency-Key: never two rides.
     let mut trip_id = None;
-    for _ in 0..3 {
+    let mut backoff = Duration::from_millis(100);
+    for _ in 0..8 {
         let response = city
             .http
             .post(format!("{}/v1/trips", city.base))
@@ -862,9 +896,15 @@ async fn ride(city: Arc<City>, mut rng: StdRng, mut stop: watch::Receiver<bool>)
             Ok(response) if response.status().is_client_error() => break,
             _ => Counters::add(&counters.http_errors),
         }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.mul_f64(rng.random_range(0.5..1.5))) => {}
+            _ = crate::server::stopping(&mut stop) => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(3));
     }
     let Some(trip_id) = trip_id else { return };
     Counters::add(&counters.requested);
+    city.acknowledged(&trip_id, 1, "requested");
     counters.timing(&trip_id, Some(sent), None);
     let cancel_at = (rng.random_range(0.0..1.0) < city.config.cancel_probability)
         .then(|| Instant::now() + city.scale(Duration::from_secs_f64(rng.random_range(3.0..40.0))));
@@ -897,8 +937,9 @@ async fn ride(city: Arc<City>, mut rng: StdRng, mut stop: watch::Receiver<bool>)
                 }
                 _ = sleep_until_some(cancel_due) => {
                     let reason = json!({"reason": "changed plans"});
-                    if let Ok((200, _)) = city.post(&format!("/v1/trips/{trip_id}/cancel"), &token, reason).await {
-                        // The cancellation arrives as an event too; counted there.
+                    // Counted when its event arrives; acknowledged here.
+                    if let Ok((200, trip)) = city.post(&format!("/v1/trips/{trip_id}/cancel"), &token, reason).await {
+                        city.acknowledged(&trip_id, trip["seq"].as_i64().unwrap_or(0), "cancelled");
                     }
                     state = String::from("cancel_sent");
                 }
@@ -910,8 +951,11 @@ async fn ride(city: Arc<City>, mut rng: StdRng, mut stop: watch::Receiver<bool>)
                         continue;
                     }
                     let seq = message["seq"].as_i64().unwrap_or(0);
+                    if let Some(journal) = &city.config.journal {
+                        journal.streamed(seq, last_seq);
+                    }
                     if seq != last_seq + 1 {
-                        continue; // never happens with a correct server; not counted twice
+                        continue; // a gap or a repeat: recorded above, not counted twice
                     }
                     last_seq = seq;
                     if state != "cancel_sent" {
@@ -932,6 +976,38 @@ async fn ride(city: Arc<City>, mut rng: StdRng, mut stop: watch::Receiver<bool>)
 }
 
 impl City {
+    /// Notes a change the server acknowledged, for the chaos harness.
+    fn acknowledged(&self, trip_id: &str, seq: i64, event: &'static str) {
+        if let Some(journal) = &self.config.journal {
+            journal.acknowledged.lock().unwrap().push(Acknowledged {
+                trip_id: trip_id.to_string(),
+                seq,
+                event,
+            });
+        }
+    }
+
+    /// One ride step by the driver: `Some(true)` done, `Some(false)` refused, `None` no
+    /// answer.
+    async fn ride_step(&self, token: &str, trip_id: &str, step: &'static str) -> Option<bool> {
+        let event = match step {
+            "arrive" => "arrived",
+            "start" => "started",
+            _ => "completed",
+        };
+        match self
+            .post(&format!("/v1/trips/{trip_id}/{step}"), token, json!({}))
+            .await
+        {
+            Ok((200, trip)) => {
+                self.acknowledged(trip_id, trip["seq"].as_i64().unwrap_or(0), event);
+                Some(true)
+            }
+            Ok((status, _)) if (400..500).contains(&status) => Some(false),
+            _ => None,
+        }
+    }
+
     async fn post_anonymous(&self, path: &str, body: Value) -> Result<(u16, Value), ()> {
         match self
             .http
