@@ -234,11 +234,10 @@ impl Dispatcher {
 
     /// Starts dispatching a trip that is `requested`. Its deadline counts from when it
     /// became requested, so a trip recovered after a restart keeps the deadline it had.
-    pub fn submit(&self, trip: &Trip, excluded: impl IntoIterator<Item = String>) {
+    pub fn submit(&self, trip: &Trip, excluded: impl IntoIterator<Item = String>, now: Instant) {
         if trip.state != TripState::Requested {
             return;
         }
-        let now = Instant::now();
         let age = Duration::from_millis(
             (Timestamp::now().millis() - trip.updated_at.millis()).max(0) as u64,
         );
@@ -265,11 +264,11 @@ impl Dispatcher {
     }
 
     /// Re-dispatches every trip the store has in `requested`, after a restart.
-    pub async fn recover(&self) -> Result<usize, StoreError> {
+    pub async fn recover(&self, now: Instant) -> Result<usize, StoreError> {
         let trips = self.store.trips_in_states(&[TripState::Requested]).await?;
         for trip in &trips {
             let excluded = self.store.exclusions(&trip.id).await?;
-            self.submit(trip, excluded);
+            self.submit(trip, excluded, now);
         }
         Ok(trips.len())
     }
@@ -600,10 +599,15 @@ impl Dispatcher {
 
     /// The driver takes the offered trip. The store decides: the trip must still be
     /// requested and the driver must hold no other active trip.
-    pub async fn accept(&self, offer_id: &str, driver_id: &str) -> Result<TripEvent, ApiError> {
+    pub async fn accept(
+        &self,
+        offer_id: &str,
+        driver_id: &str,
+        now: Instant,
+    ) -> Result<TripEvent, ApiError> {
         let trip_id = {
             let mut book = self.book.lock().unwrap();
-            let offer = Self::open_offer(&mut book, offer_id, driver_id, Instant::now())?;
+            let offer = Self::open_offer(&mut book, offer_id, driver_id, now)?;
             offer.accepting = true;
             offer.trip_id.clone()
         };
@@ -626,7 +630,7 @@ impl Dispatcher {
                     book.remember(offer_id, driver_id, Answer::Withdrawn);
                     if let Some(pending) = book.trips.get_mut(&trip_id) {
                         pending.offer = None;
-                        pending.next_search = Instant::now();
+                        pending.next_search = now;
                     }
                 }
             }
@@ -650,10 +654,15 @@ impl Dispatcher {
         }
     }
 
-    pub async fn decline(&self, offer_id: &str, driver_id: &str) -> Result<(), ApiError> {
+    pub async fn decline(
+        &self,
+        offer_id: &str,
+        driver_id: &str,
+        now: Instant,
+    ) -> Result<(), ApiError> {
         let trip_id = {
             let mut book = self.book.lock().unwrap();
-            let trip_id = Self::open_offer(&mut book, offer_id, driver_id, Instant::now())?
+            let trip_id = Self::open_offer(&mut book, offer_id, driver_id, now)?
                 .trip_id
                 .clone();
             book.offers.remove(offer_id);
@@ -661,7 +670,7 @@ impl Dispatcher {
             if let Some(pending) = book.trips.get_mut(&trip_id) {
                 pending.offer = None;
                 pending.excluded.insert(driver_id.to_string());
-                pending.next_search = Instant::now();
+                pending.next_search = now;
             }
             self.fleet.lock().unwrap().release(driver_id, offer_id);
             trip_id
@@ -688,7 +697,7 @@ impl Dispatcher {
     }
 
     /// Withdraws the open offer a driver holds, if any (it was just assigned another trip).
-    pub fn withdraw_offer_of(&self, driver_id: &str, reason: WithdrawReason) {
+    pub fn withdraw_offer_of(&self, driver_id: &str, reason: WithdrawReason, now: Instant) {
         let mut book = self.book.lock().unwrap();
         let offer_id = book
             .offers
@@ -700,7 +709,7 @@ impl Dispatcher {
             self.withdraw(&mut book, &offer_id, reason);
             if let Some(pending) = book.trips.get_mut(&trip_id) {
                 pending.offer = None;
-                pending.next_search = Instant::now();
+                pending.next_search = now;
             }
             self.wake();
         }
@@ -918,7 +927,7 @@ mod tests {
                 panic!("a new trip")
             };
             let trip = event.trip;
-            rig.dispatcher.submit(&trip, []);
+            rig.dispatcher.submit(&trip, [], Instant::now());
             trip
         }
 
@@ -967,7 +976,11 @@ mod tests {
             assert!(rig.fleet.lock().unwrap().offer_of(&near).is_none());
             // Same pass: on to the next candidate, never back to the first.
             offer_id(far_inbox.try_recv().unwrap());
-            let late = rig.dispatcher.accept(&first, &near).await.unwrap_err();
+            let late = rig
+                .dispatcher
+                .accept(&first, &near, Instant::now())
+                .await
+                .unwrap_err();
             assert_eq!(late.code, "offer_expired");
         }
 

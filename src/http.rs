@@ -1,6 +1,7 @@
 //! The REST gateway (DESIGN §3): routing, authentication, and handlers that turn requests
-//! into store transitions and dispatcher calls. Handlers stay thin: the rules live in
-//! `trip` (state machine), `dispatch` (offers) and `store` (atomicity).
+//! into ride operations. Handlers stay thin: they parse and authenticate; `rides` does
+//! what a request means, with the rules in `trip` (state machine), `dispatch` (offers)
+//! and `store` (atomicity).
 
 use std::collections::HashMap;
 
@@ -8,7 +9,7 @@ use axum::{
     Router,
     extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State},
     http::{HeaderMap, StatusCode, header, request::Parts},
-    response::{Html, IntoResponse, Response},
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use serde::{Deserialize, Serialize};
@@ -17,16 +18,17 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::{
     error::{ApiError, ApiJson, ErrorBody, parse_json, read_body},
-    fleet::DriverState,
     geometry::LatLng,
-    hub::WithdrawReason,
     ops::Snapshot,
+    rides::{self, visible_trip},
     server::AppState,
-    store::{Creation, NewTrip, Role, StoreError},
-    trip::{Change, EventKind, Money, Trip, TripEvent, TripState},
+    store::Role,
+    trip::{Change, Trip, TripEvent},
 };
 
 /// Largest request body. Every request of the contract fits in well under 1 KiB.
+pub use crate::rides::Principal;
+
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 const MAX_NAME_CHARS: usize = 100;
@@ -57,6 +59,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .route("/", get(console))
+        .route("/console.js", get(console))
+        .route("/console.css", get(console))
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -67,43 +71,6 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
-}
-
-/// The authenticated caller.
-#[derive(Debug, Clone)]
-pub struct Principal {
-    pub id: String,
-    pub role: Role,
-}
-
-impl Principal {
-    pub fn require(&self, role: Role) -> Result<(), ApiError> {
-        if self.role == role {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(format!(
-                "only a {} may do this",
-                role_name(role)
-            )))
-        }
-    }
-
-    /// Whether this caller may see the trip: its passenger, its driver, or an operator.
-    pub fn can_see(&self, trip: &Trip) -> bool {
-        match self.role {
-            Role::Operator => true,
-            Role::Passenger => trip.passenger_id == self.id,
-            Role::Driver => trip.driver_id.as_deref() == Some(self.id.as_str()),
-        }
-    }
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Passenger => "passenger",
-        Role::Driver => "driver",
-        Role::Operator => "operator",
-    }
 }
 
 impl FromRequestParts<AppState> for Principal {
@@ -164,18 +131,6 @@ pub fn after_param(query: &HashMap<String, String>) -> Result<i64, ApiError> {
         Some(text) => text.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
             ApiError::bad_request("invalid_after", "after must be a non-negative integer")
         }),
-    }
-}
-
-/// A trip the caller may see; another user's trip is indistinguishable from no trip.
-pub async fn visible_trip(
-    state: &AppState,
-    principal: &Principal,
-    trip_id: &str,
-) -> Result<Trip, ApiError> {
-    match state.store.trip(trip_id).await? {
-        Some(trip) if principal.can_see(&trip) => Ok(trip),
-        _ => Err(ApiError::not_found("trip")),
     }
 }
 
@@ -287,13 +242,6 @@ async fn create_driver(
     ))
 }
 
-/// Fare estimate: straight line × detour factor, at the average urban speed.
-fn estimate_fare(state: &AppState, pickup: &LatLng, dropoff: &LatLng) -> Money {
-    let dispatch = &state.config.dispatch;
-    let road_m = pickup.distance_m(dropoff) * dispatch.detour_factor;
-    state.tariff.fare(road_m, road_m / dispatch.urban_speed_mps)
-}
-
 #[utoipa::path(post, path = "/v1/trips", tag = "trips", request_body = TripRequest,
     security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key returns the same trip")),
@@ -323,22 +271,15 @@ async fn create_trip(
                 .to_string(),
         ),
     };
-    let new = NewTrip {
-        passenger_id: principal.id,
-        fare_estimate: estimate_fare(&state, &body.pickup, &body.dropoff),
-        pickup: body.pickup,
-        dropoff: body.dropoff,
+    let trip = rides::request(
+        &state,
+        &principal,
+        body.pickup,
+        body.dropoff,
         idempotency_key,
-    };
-    let trip = match state.store.create_trip(new).await? {
-        Creation::Created(event) => {
-            // Published first, so watchers see the request before any offer for it.
-            committed(&state, &event, None);
-            state.dispatcher.submit(&event.trip, []);
-            event.trip
-        }
-        Creation::Existing(trip) => trip,
-    };
+        Instant::now(),
+    )
+    .await?;
     Ok((StatusCode::CREATED, ApiJson(trip)))
 }
 
@@ -367,51 +308,6 @@ async fn trip_events(
     Ok(ApiJson(EventsPage { events }))
 }
 
-/// Commits a change by the trip's driver and does what follows from it.
-async fn driver_step(
-    state: &AppState,
-    principal: &Principal,
-    trip_id: &str,
-    change: Change,
-) -> Result<Trip, ApiError> {
-    principal.require(Role::Driver)?;
-    let transition = state
-        .store
-        .transition(trip_id, &change, |trip| {
-            if trip.driver_id.as_deref() == Some(principal.id.as_str()) {
-                Ok(())
-            } else {
-                Err(StoreError::Rejected(ApiError::not_found("trip")))
-            }
-        })
-        .await?;
-    committed(
-        state,
-        &transition.event,
-        transition.before.driver_id.as_deref(),
-    );
-    Ok(transition.event.trip)
-}
-
-/// Bookkeeping after any committed trip change: fleet, metrics, fan-out.
-fn committed(state: &AppState, event: &TripEvent, previous_driver: Option<&str>) {
-    let trip = &event.trip;
-    if let Some(driver_id) = previous_driver.or(trip.driver_id.as_deref()) {
-        let mut fleet = state.fleet.lock().unwrap();
-        match event.event {
-            EventKind::Started => fleet.start_odometer(driver_id),
-            EventKind::Accepted => fleet.set_trip(driver_id, Some(trip.id.clone())),
-            _ if trip.state.has_driver() => {}
-            _ => fleet.set_trip(driver_id, None),
-        }
-    }
-    if previous_driver.is_some() && !trip.state.has_driver() {
-        state.dispatcher.driver_available();
-    }
-    state.metrics.transition(event.event.as_str());
-    state.hub.publish(event, previous_driver);
-}
-
 #[utoipa::path(post, path = "/v1/trips/{id}/arrive", tag = "trips", security(("bearer" = [])),
     responses((status = 200, body = Trip), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn arrive(
@@ -419,7 +315,7 @@ async fn arrive(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<ApiJson<Trip>, ApiError> {
-    driver_step(&state, &principal, &id, Change::Arrive)
+    rides::driver_step(&state, &principal, &id, Change::Arrive)
         .await
         .map(ApiJson)
 }
@@ -431,14 +327,11 @@ async fn start(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<ApiJson<Trip>, ApiError> {
-    driver_step(&state, &principal, &id, Change::Start)
+    rides::driver_step(&state, &principal, &id, Change::Start)
         .await
         .map(ApiJson)
 }
 
-/// The final fare from the distance actually driven since `started`. If this node did not
-/// see the whole ride (it restarted mid-trip), the straight line from pickup to drop-off ×
-/// detour factor stands in as the least the ride can have been.
 #[utoipa::path(post, path = "/v1/trips/{id}/complete", tag = "trips", security(("bearer" = [])),
     responses((status = 200, body = Trip), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn complete(
@@ -446,35 +339,7 @@ async fn complete(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<ApiJson<Trip>, ApiError> {
-    principal.require(Role::Driver)?;
-    let trip = visible_trip(&state, &principal, &id).await?;
-    if trip.state != TripState::InProgress {
-        return Err(
-            StoreError::InvalidTransition(crate::trip::InvalidTransition {
-                from: trip.state.as_str(),
-                event: EventKind::Completed.as_str(),
-            })
-            .into(),
-        );
-    }
-    let events = state.store.events_after(&id, 0).await?;
-    let started_at = events
-        .iter()
-        .rev()
-        .find(|e| e.event == EventKind::Started)
-        .map(|e| e.at)
-        .unwrap_or(trip.updated_at);
-    let duration_s =
-        (crate::trip::Timestamp::now().millis() - started_at.millis()).max(0) as f64 / 1_000.0;
-    let estimate_m = trip.pickup.distance_m(&trip.dropoff) * state.config.dispatch.detour_factor;
-    let driven_m = match state.fleet.lock().unwrap().odometer_m(&principal.id) {
-        Some(driven_m) => driven_m,
-        None => estimate_m,
-    };
-    let fare = state.tariff.fare(driven_m, duration_s);
-    driver_step(&state, &principal, &id, Change::Complete { fare })
-        .await
-        .map(ApiJson)
+    rides::complete(&state, &principal, &id).await.map(ApiJson)
 }
 
 #[utoipa::path(post, path = "/v1/trips/{id}/cancel", tag = "trips", security(("bearer" = [])),
@@ -496,34 +361,15 @@ async fn cancel_trip(
     if let Some(reason) = &body.reason {
         valid_text("reason", reason, MAX_REASON_CHARS)?;
     }
-    let trip = visible_trip(&state, &principal, &id).await?;
-    // The assigned driver giving a trip back before pickup re-dispatches it.
-    let change = if principal.role == Role::Driver {
-        Change::DriverCancel
-    } else {
-        Change::Cancel
-    };
-    let transition = state
-        .store
-        .transition(&trip.id, &change, |fresh| {
-            if principal.can_see(fresh) {
-                Ok(())
-            } else {
-                Err(StoreError::Rejected(ApiError::not_found("trip")))
-            }
-        })
-        .await?;
-    let event = &transition.event;
-    tracing::info!(trip_id = %id, by = role_name(principal.role), reason = body.reason.as_deref().unwrap_or(""), event = event.event.as_str(), "trip cancelled");
-    if transition.before.state == TripState::Requested {
-        state.dispatcher.trip_closed(&id, WithdrawReason::Cancelled);
-    }
-    committed(&state, event, transition.before.driver_id.as_deref());
-    if event.event == EventKind::DriverCancelled {
-        let excluded = state.store.exclusions(&id).await?;
-        state.dispatcher.submit(&event.trip, excluded);
-    }
-    Ok(ApiJson(transition.event.trip))
+    rides::cancel(
+        &state,
+        &principal,
+        &id,
+        body.reason.as_deref(),
+        Instant::now(),
+    )
+    .await
+    .map(ApiJson)
 }
 
 #[utoipa::path(post, path = "/v1/trips/{id}/assign", tag = "operations", request_body = AssignRequest,
@@ -537,33 +383,9 @@ async fn assign(
     ApiJson(body): ApiJson<AssignRequest>,
 ) -> Result<ApiJson<Trip>, ApiError> {
     principal.require(Role::Operator)?;
-    if state.store.account_role(&body.driver_id).await? != Some(Role::Driver) {
-        return Err(ApiError::not_found("driver"));
-    }
-    {
-        let fleet = state.fleet.lock().unwrap();
-        let available = fleet
-            .view(&body.driver_id, Instant::now())
-            .is_some_and(|view| {
-                matches!(view.state, DriverState::Available | DriverState::Offered)
-            });
-        if !available {
-            return Err(ApiError::conflict(
-                "driver_unavailable",
-                "that driver is not online and available",
-            ));
-        }
-    }
-    let change = Change::Accept {
-        driver_id: body.driver_id.clone(),
-    };
-    let transition = state.store.transition(&id, &change, |_| Ok(())).await?;
-    state.dispatcher.trip_closed(&id, WithdrawReason::Taken);
-    state
-        .dispatcher
-        .withdraw_offer_of(&body.driver_id, WithdrawReason::Cancelled);
-    committed(&state, &transition.event, None);
-    Ok(ApiJson(transition.event.trip))
+    rides::assign(&state, &id, &body.driver_id, Instant::now())
+        .await
+        .map(ApiJson)
 }
 
 #[utoipa::path(post, path = "/v1/offers/{id}/accept", tag = "offers", security(("bearer" = [])),
@@ -575,7 +397,10 @@ async fn accept_offer(
     Path(id): Path<String>,
 ) -> Result<ApiJson<Trip>, ApiError> {
     principal.require(Role::Driver)?;
-    let event = state.dispatcher.accept(&id, &principal.id).await?;
+    let event = state
+        .dispatcher
+        .accept(&id, &principal.id, Instant::now())
+        .await?;
     Ok(ApiJson(event.trip))
 }
 
@@ -587,7 +412,10 @@ async fn decline_offer(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     principal.require(Role::Driver)?;
-    state.dispatcher.decline(&id, &principal.id).await?;
+    state
+        .dispatcher
+        .decline(&id, &principal.id, Instant::now())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -654,9 +482,40 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-/// The operator console. Until it lands (its own issue) this page says where things are.
-async fn console() -> Html<&'static str> {
-    Html(include_str!("console.html"))
+/// The operator console: a page, its script and its style, embedded in the binary so it
+/// needs no build step and loads nothing from elsewhere (src/console/console.js explains
+/// how it works). The policy keeps it that way: scripts, styles and connections only from
+/// this server; images from anywhere, for the optional map tiles an operator may set.
+async fn console(uri: axum::http::Uri) -> Response {
+    let (content_type, body) = match uri.path() {
+        "/console.js" => (
+            "text/javascript; charset=utf-8",
+            include_str!("console/console.js"),
+        ),
+        "/console.css" => (
+            "text/css; charset=utf-8",
+            include_str!("console/console.css"),
+        ),
+        _ => (
+            "text/html; charset=utf-8",
+            include_str!("console/index.html"),
+        ),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            // Revalidate: a new binary must not run against a cached older script.
+            (header::CACHE_CONTROL, "no-cache"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src * data:; connect-src 'self'; \
+                 frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 #[derive(OpenApi)]

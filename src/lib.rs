@@ -12,8 +12,10 @@
 //! - [`ws`] — the WebSocket gateways: the driver socket and trip streams.
 //! - [`fleet`] — the in-memory fleet index: an R-tree of available drivers plus their
 //!   state. Where a location ping goes.
+//! - [`rides`] — what each ride request does: check, commit, then update memory and
+//!   watchers. Where a trip changes state.
 //! - [`dispatch`] — matching requested trips to drivers: offers, deadlines, ranking.
-//! - [`trip`] — the trip state machine and fares; pure. Where a trip changes state.
+//! - [`trip`] — the trip state machine and fares; pure: which changes are allowed.
 //! - [`store`] — the source of truth on SQLite or PostgreSQL. Where a change is written.
 //! - [`hub`] — fans committed events out to sockets.
 //! - [`metrics`] — Prometheus counters and histograms.
@@ -33,6 +35,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod ops;
+pub mod rides;
 pub mod server;
 pub mod sim;
 pub mod store;

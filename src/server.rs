@@ -109,36 +109,13 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
         Some(token) => (token.clone(), false),
         None => (store::new_token(), true),
     };
-    let metrics = Arc::new(Metrics::new());
-    let hub = Arc::new(Hub::new());
-    let fleet = Arc::new(Mutex::new(FleetIndex::new(Duration::from_millis(
-        config.dispatch.stale_after_ms,
-    ))));
-    let dispatcher = Arc::new(Dispatcher::new(
-        config.dispatch.clone(),
-        fleet.clone(),
-        store.clone(),
-        hub.clone(),
-        metrics.clone(),
-    ));
+    let (shutdown_sender, shutdown) = watch::channel(false);
+    let state = assemble(&config, store, &operator_token, shutdown.clone());
+    let dispatcher = state.dispatcher.clone();
     let recovered = dispatcher
-        .recover()
+        .recover(Instant::now())
         .await
         .context("recovering open trips")?;
-    let (shutdown_sender, shutdown) = watch::channel(false);
-    let state: AppState = Arc::new(Shared {
-        tariff: config.tariff.tariff(),
-        sockets: Arc::new(Semaphore::new(config.max_sockets)),
-        config: config.clone(),
-        store,
-        fleet,
-        dispatcher: dispatcher.clone(),
-        hub,
-        metrics,
-        operator_token_hash: store::token_hash(&operator_token),
-        auth_cache: Mutex::default(),
-        shutdown: shutdown.clone(),
-    });
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -172,6 +149,41 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     })
 }
 
+/// Builds the shared state around an open store: fleet, hub, dispatcher, metrics.
+/// Nothing runs yet — [`start`] recovers open trips and starts the tasks; tests that drive
+/// time by hand call the parts themselves.
+pub fn assemble(
+    config: &ServerConfig,
+    store: Store,
+    operator_token: &str,
+    shutdown: watch::Receiver<bool>,
+) -> AppState {
+    let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(Hub::new());
+    let stale_after = Duration::from_millis(config.dispatch.stale_after_ms);
+    let fleet = Arc::new(Mutex::new(FleetIndex::new(stale_after)));
+    let dispatcher = Arc::new(Dispatcher::new(
+        config.dispatch.clone(),
+        fleet.clone(),
+        store.clone(),
+        hub.clone(),
+        metrics.clone(),
+    ));
+    Arc::new(Shared {
+        tariff: config.tariff.tariff(),
+        sockets: Arc::new(Semaphore::new(config.max_sockets)),
+        config: config.clone(),
+        store,
+        fleet,
+        dispatcher,
+        hub,
+        metrics,
+        operator_token_hash: store::token_hash(operator_token),
+        auth_cache: Mutex::default(),
+        shutdown,
+    })
+}
+
 /// Resolves once shutdown has begun (at once if it already has).
 pub async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     // An error means the sender is gone, which only happens once the server is gone too.
@@ -193,9 +205,11 @@ async fn sweep_offline_drivers(state: AppState, mut shutdown: watch::Receiver<bo
             (gone, fleet.len())
         };
         for driver_id in &gone {
-            state
-                .dispatcher
-                .withdraw_offer_of(driver_id, WithdrawReason::Cancelled);
+            state.dispatcher.withdraw_offer_of(
+                driver_id,
+                WithdrawReason::Cancelled,
+                Instant::now(),
+            );
             tracing::debug!(%driver_id, "driver offline after grace period");
         }
         state.metrics.drivers_online.set(online as i64);

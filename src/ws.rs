@@ -25,8 +25,9 @@ use crate::{
     error::ApiError,
     fleet::DriverStatus,
     geometry::LatLng,
-    http::{Principal, after_param, visible_trip},
+    http::{Principal, after_param},
     hub::{ServerMessage, TripMessage, WithdrawReason},
+    rides::visible_trip,
     server::AppState,
     store::{EVENTS_PAGE, Role},
     trip::{Timestamp, TripEvent},
@@ -248,9 +249,11 @@ fn handle_driver_message(
                 DriverStatus::Available if became_dispatchable => {
                     state.dispatcher.driver_available()
                 }
-                DriverStatus::Offline => state
-                    .dispatcher
-                    .withdraw_offer_of(driver_id, WithdrawReason::Cancelled),
+                DriverStatus::Offline => {
+                    state
+                        .dispatcher
+                        .withdraw_offer_of(driver_id, WithdrawReason::Cancelled, now)
+                }
                 DriverStatus::Available => {}
             }
         }
