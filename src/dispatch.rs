@@ -294,7 +294,7 @@ impl Dispatcher {
     /// parameter so tests can drive deadlines exactly, without sleeping.
     pub async fn step(&self, now: Instant) -> Instant {
         let retry = Duration::from_millis(self.config.dispatch_retry_ms);
-        let fleet_changed = self
+        let mut fleet_changed = self
             .fleet_changed
             .swap(false, std::sync::atomic::Ordering::Relaxed);
         let mut effects = Vec::new();
@@ -310,6 +310,8 @@ impl Dispatcher {
                 .filter(|(_, offer)| !offer.accepting && offer.expires_at <= now)
                 .map(|(id, _)| id.clone())
                 .collect();
+            // A driver whose offer lapsed is free for every other waiting trip.
+            fleet_changed |= !lapsed.is_empty();
             for offer_id in lapsed {
                 let offer = book.offers.remove(&offer_id).expect("listed above");
                 fleet.release(&offer.driver_id, &offer_id);
@@ -635,7 +637,8 @@ impl Dispatcher {
                 }
             }
         }
-        self.wake();
+        // Either way the driver's reservation ended: it is busy now, or free for others.
+        self.driver_available();
         match result {
             Ok(transition) => {
                 self.record_offer(OfferOutcome::accepted, offer_id, &trip_id, driver_id, None);
@@ -676,7 +679,8 @@ impl Dispatcher {
             trip_id
         };
         self.record_offer(OfferOutcome::declined, offer_id, &trip_id, driver_id, None);
-        self.wake();
+        // The driver is free again, for the other waiting trips too.
+        self.driver_available();
         self.store
             .add_exclusion(&trip_id, driver_id, "declined")
             .await
@@ -736,6 +740,8 @@ impl Dispatcher {
             &offer.driver_id,
             None,
         );
+        // The driver is free for the other waiting trips.
+        self.driver_available();
         self.hub.send_to_driver(
             &offer.driver_id,
             ServerMessage::OfferWithdrawn {

@@ -1,0 +1,652 @@
+//! A model-based test of the trip, offer and driver rules. proptest generates sequences of
+//! operations — requests, offers answered or ignored, cancels by either side, ride steps,
+//! drivers going on and offline, time passing, and crashes with recovery from the store —
+//! and runs each against hail's real parts (store, fleet, dispatcher, hub, ride
+//! operations) and against a small reference model of DESIGN §2–§5. After every step the
+//! store must agree with the model, every offer must be one the rules allow, and no
+//! waiting trip may lack an offer while some driver could take it.
+//!
+//! Time is driven by hand (every entry point takes `now`), so the deadlines are exact.
+
+mod common;
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use common::{Backend, fresh_database};
+use hail::{
+    config::ServerConfig,
+    fleet::DriverStatus,
+    geometry::LatLng,
+    hub::{ServerMessage, WithdrawReason},
+    rides::{self, Principal},
+    server::{self, AppState},
+    store::{Role, Store},
+    trip::{Change, TripState},
+};
+use proptest::prelude::*;
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
+
+const DRIVERS: usize = 3;
+const PASSENGERS: usize = 3;
+const OFFER_TIMEOUT_MS: u64 = 3_000;
+const DEADLINE_MS: u64 = 20_000;
+const STALE_MS: u64 = 30_000;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Request(usize),
+    Step(u64),
+    Accept(usize),
+    AcceptOld(usize),
+    Decline(usize),
+    Cancel(usize),
+    DriverCancel(usize),
+    Progress(usize),
+    Offline(usize),
+    Online(usize),
+    Crash,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0..PASSENGERS).prop_map(Op::Request),
+        4 => prop::sample::select(vec![100u64, 1_000, 3_000, 20_000, 40_000]).prop_map(Op::Step),
+        3 => (0..DRIVERS).prop_map(Op::Accept),
+        1 => (0..DRIVERS).prop_map(Op::AcceptOld),
+        2 => (0..DRIVERS).prop_map(Op::Decline),
+        1 => (0..PASSENGERS).prop_map(Op::Cancel),
+        1 => (0..DRIVERS).prop_map(Op::DriverCancel),
+        3 => (0..DRIVERS).prop_map(Op::Progress),
+        1 => (0..DRIVERS).prop_map(Op::Offline),
+        1 => (0..DRIVERS).prop_map(Op::Online),
+        1 => Just(Op::Crash),
+    ]
+}
+
+#[derive(Debug, Clone)]
+struct ModelTrip {
+    id: String,
+    passenger: usize,
+    state: TripState,
+    seq: i64,
+    driver: Option<usize>,
+    excluded: HashSet<usize>,
+    deadline: u64,
+}
+
+#[derive(Debug, Clone)]
+struct ModelOffer {
+    id: String,
+    trip: usize,
+    expires: u64,
+}
+
+/// The reference model: what DESIGN says must be true, kept by hand.
+#[derive(Debug, Default)]
+struct Model {
+    t: u64,
+    trips: Vec<ModelTrip>,
+    offers: HashMap<usize, ModelOffer>,
+    old_offers: HashMap<usize, String>,
+    available: [bool; DRIVERS],
+    last_ping: [u64; DRIVERS],
+}
+
+impl Model {
+    fn active_trip_of_driver(&self, d: usize) -> Option<usize> {
+        self.trips
+            .iter()
+            .position(|t| t.driver == Some(d) && t.state.has_driver())
+    }
+
+    fn open_trip_of_passenger(&self, p: usize) -> Option<usize> {
+        self.trips
+            .iter()
+            .position(|t| t.passenger == p && !t.state.is_terminal())
+    }
+
+    /// Whether the rules let driver `d` be offered trip `trip` now.
+    fn may_offer(&self, d: usize, trip: usize) -> bool {
+        self.available[d]
+            && self.t.saturating_sub(self.last_ping[d]) <= STALE_MS
+            && self.active_trip_of_driver(d).is_none()
+            && !self.offers.contains_key(&d)
+            && !self.trips[trip].excluded.contains(&d)
+            && self.trips[trip].state == TripState::Requested
+            && !self.offers.values().any(|o| o.trip == trip)
+    }
+
+    fn withdraw(&mut self, d: usize) {
+        if let Some(offer) = self.offers.remove(&d) {
+            self.old_offers.insert(d, offer.id);
+        }
+    }
+}
+
+struct System {
+    url: String,
+    state: AppState,
+    _shutdown: watch::Sender<bool>,
+    inboxes: Vec<mpsc::Receiver<ServerMessage>>,
+    drivers: Vec<Principal>,
+    passengers: Vec<Principal>,
+    base: Instant,
+}
+
+fn config(url: &str) -> ServerConfig {
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), url);
+    config.dispatch.offer_timeout_ms = OFFER_TIMEOUT_MS;
+    config.dispatch.dispatch_deadline_ms = DEADLINE_MS;
+    config.dispatch.stale_after_ms = STALE_MS;
+    // Search on every pass, so "no offer" always means "no legal candidate".
+    config.dispatch.dispatch_retry_ms = 1;
+    config
+}
+
+fn pickup() -> LatLng {
+    LatLng::new(37.5, 127.0).unwrap()
+}
+
+fn driver_position(d: usize) -> LatLng {
+    pickup().destination(0.0, 100.0 + 400.0 * d as f64)
+}
+
+impl System {
+    async fn open(url: &str) -> (AppState, watch::Sender<bool>) {
+        let store = Store::connect(url, 4, Duration::from_secs(10))
+            .await
+            .expect("store opens");
+        let (shutdown, stopped) = watch::channel(false);
+        (
+            server::assemble(&config(url), store, "model-operator-token", stopped),
+            shutdown,
+        )
+    }
+
+    fn now(&self, t: u64) -> Instant {
+        self.base + Duration::from_millis(t)
+    }
+
+    /// A driver's socket opening: connect, ping, say its status (as `ws` does).
+    async fn connect_driver(&mut self, d: usize, available: bool, t: u64) {
+        let id = self.drivers[d].id.clone();
+        let trip = self
+            .state
+            .store
+            .active_trip_of_driver(&id)
+            .await
+            .unwrap()
+            .map(|t| t.id);
+        let now = self.now(t);
+        let mut fleet = self.state.fleet.lock().unwrap();
+        fleet.connect(&id, trip, now);
+        fleet.ping(&id, driver_position(d), None, now);
+        let status = if available {
+            DriverStatus::Available
+        } else {
+            DriverStatus::Offline
+        };
+        fleet.set_status(&id, status, now);
+        drop(fleet);
+        self.inboxes[d] = self.state.hub.register_driver(&id).1;
+        self.state.dispatcher.driver_available();
+    }
+}
+
+async fn run_model(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database(backend, &dir).await;
+    let (state, shutdown) = System::open(&url).await;
+    let mut drivers = Vec::new();
+    for d in 0..DRIVERS {
+        let account = state
+            .store
+            .create_account(Role::Driver, &format!("d{d}"), Some("12가3456"))
+            .await
+            .unwrap();
+        drivers.push(Principal {
+            id: account.id,
+            role: Role::Driver,
+        });
+    }
+    let mut passengers = Vec::new();
+    for p in 0..PASSENGERS {
+        let account = state
+            .store
+            .create_account(Role::Passenger, &format!("p{p}"), None)
+            .await
+            .unwrap();
+        passengers.push(Principal {
+            id: account.id,
+            role: Role::Passenger,
+        });
+    }
+    let mut system = System {
+        url,
+        state,
+        _shutdown: shutdown,
+        inboxes: (0..DRIVERS).map(|_| mpsc::channel(1).1).collect(),
+        drivers,
+        passengers,
+        base: Instant::now(),
+    };
+    let mut model = Model {
+        available: [true; DRIVERS],
+        ..Model::default()
+    };
+    for d in 0..DRIVERS {
+        system.connect_driver(d, true, 0).await;
+    }
+
+    for (step, op) in ops.iter().enumerate() {
+        let context = format!("step {step}: {op:?}");
+        let now = system.now(model.t);
+        let state = system.state.clone();
+        match *op {
+            Op::Request(p) => {
+                let result = rides::request(
+                    &state,
+                    &system.passengers[p],
+                    pickup(),
+                    pickup().destination(90.0, 3_000.0),
+                    None,
+                    now,
+                )
+                .await;
+                match model.open_trip_of_passenger(p) {
+                    Some(_) => {
+                        let error = result.expect_err(&context);
+                        prop_assert_eq!(error.code, "active_trip_exists", "{}", context);
+                    }
+                    None => {
+                        let trip =
+                            result.map_err(|e| TestCaseError::fail(format!("{context}: {e}")))?;
+                        model.trips.push(ModelTrip {
+                            id: trip.id,
+                            passenger: p,
+                            state: TripState::Requested,
+                            seq: 1,
+                            driver: None,
+                            excluded: HashSet::new(),
+                            deadline: model.t + DEADLINE_MS,
+                        });
+                    }
+                }
+            }
+            Op::Step(ms) => {
+                model.t += ms;
+                system.state.dispatcher.step(system.now(model.t)).await;
+                // Lapsed offers: the driver is excluded from that trip.
+                let lapsed: Vec<usize> = model
+                    .offers
+                    .iter()
+                    .filter(|(_, o)| o.expires <= model.t)
+                    .map(|(d, _)| *d)
+                    .collect();
+                for d in lapsed {
+                    let trip = model.offers[&d].trip;
+                    model.trips[trip].excluded.insert(d);
+                    model.withdraw(d);
+                }
+                // Requested trips past their deadline expire (and lose any offer).
+                for trip in 0..model.trips.len() {
+                    if model.trips[trip].state == TripState::Requested
+                        && model.trips[trip].deadline <= model.t
+                    {
+                        model.trips[trip].state = TripState::Expired;
+                        model.trips[trip].seq += 1;
+                        if let Some(d) = model
+                            .offers
+                            .iter()
+                            .find(|(_, o)| o.trip == trip)
+                            .map(|(d, _)| *d)
+                        {
+                            model.withdraw(d);
+                        }
+                    }
+                }
+            }
+            Op::Accept(d) | Op::AcceptOld(d) => {
+                let (offer_id, predicted) = match (op, model.offers.get(&d)) {
+                    (Op::Accept(_), Some(offer)) => (offer.id.clone(), offer.expires > model.t),
+                    _ => (
+                        model
+                            .old_offers
+                            .get(&d)
+                            .cloned()
+                            .unwrap_or_else(|| "ofr_unknown".into()),
+                        false,
+                    ),
+                };
+                let result = state
+                    .dispatcher
+                    .accept(&offer_id, &system.drivers[d].id, now)
+                    .await;
+                prop_assert_eq!(
+                    result.is_ok(),
+                    predicted,
+                    "{}: {:?}",
+                    context,
+                    result.as_ref().err()
+                );
+                if let Ok(event) = result {
+                    let trip = model.offers[&d].trip;
+                    model.withdraw(d);
+                    let t = &mut model.trips[trip];
+                    (t.state, t.driver, t.seq) = (TripState::Accepted, Some(d), t.seq + 1);
+                    prop_assert_eq!(event.trip.id.as_str(), t.id.as_str());
+                } else if let Err(error) = result {
+                    prop_assert!(
+                        matches!(error.status.as_u16(), 404 | 409),
+                        "{}: {}",
+                        context,
+                        error
+                    );
+                }
+            }
+            Op::Decline(d) => {
+                let Some(offer) = model.offers.get(&d).cloned() else {
+                    continue;
+                };
+                let result = state
+                    .dispatcher
+                    .decline(&offer.id, &system.drivers[d].id, now)
+                    .await;
+                prop_assert_eq!(
+                    result.is_ok(),
+                    offer.expires > model.t,
+                    "{}: {:?}",
+                    context,
+                    result
+                );
+                if result.is_ok() {
+                    model.trips[offer.trip].excluded.insert(d);
+                    model.withdraw(d);
+                }
+            }
+            Op::Cancel(p) => {
+                let Some(trip) = model.trips.iter().rposition(|t| t.passenger == p) else {
+                    continue;
+                };
+                let result = rides::cancel(
+                    &state,
+                    &system.passengers[p],
+                    &model.trips[trip].id.clone(),
+                    None,
+                    now,
+                )
+                .await;
+                let allowed = matches!(
+                    model.trips[trip].state,
+                    TripState::Requested | TripState::Accepted | TripState::Arrived
+                );
+                prop_assert_eq!(
+                    result.is_ok(),
+                    allowed,
+                    "{}: {:?}",
+                    context,
+                    result.as_ref().err()
+                );
+                if allowed {
+                    if let Some(d) = model
+                        .offers
+                        .iter()
+                        .find(|(_, o)| o.trip == trip)
+                        .map(|(d, _)| *d)
+                    {
+                        model.withdraw(d);
+                    }
+                    let t = &mut model.trips[trip];
+                    (t.state, t.seq) = (TripState::Cancelled, t.seq + 1);
+                }
+            }
+            Op::DriverCancel(d) => {
+                let Some(trip) = model.active_trip_of_driver(d) else {
+                    continue;
+                };
+                let result = rides::cancel(
+                    &state,
+                    &system.drivers[d],
+                    &model.trips[trip].id.clone(),
+                    None,
+                    now,
+                )
+                .await;
+                let t = &mut model.trips[trip];
+                let allowed = matches!(t.state, TripState::Accepted | TripState::Arrived);
+                prop_assert_eq!(
+                    result.is_ok(),
+                    allowed,
+                    "{}: {:?}",
+                    context,
+                    result.as_ref().err()
+                );
+                if allowed {
+                    (t.state, t.driver, t.seq) = (TripState::Requested, None, t.seq + 1);
+                    t.excluded.insert(d);
+                    t.deadline = model.t + DEADLINE_MS;
+                }
+            }
+            Op::Progress(d) => {
+                let Some(trip) = model.active_trip_of_driver(d) else {
+                    continue;
+                };
+                let id = model.trips[trip].id.clone();
+                let driver = &system.drivers[d];
+                let (result, next) = match model.trips[trip].state {
+                    TripState::Accepted => (
+                        rides::driver_step(&state, driver, &id, Change::Arrive).await,
+                        TripState::Arrived,
+                    ),
+                    TripState::Arrived => (
+                        rides::driver_step(&state, driver, &id, Change::Start).await,
+                        TripState::InProgress,
+                    ),
+                    _ => (
+                        rides::complete(&state, driver, &id).await,
+                        TripState::Completed,
+                    ),
+                };
+                let after = result.map_err(|e| TestCaseError::fail(format!("{context}: {e}")))?;
+                prop_assert_eq!(after.state, next);
+                let t = &mut model.trips[trip];
+                (t.state, t.seq) = (next, t.seq + 1);
+            }
+            Op::Offline(d) => {
+                let id = &system.drivers[d].id;
+                state
+                    .fleet
+                    .lock()
+                    .unwrap()
+                    .set_status(id, DriverStatus::Offline, now);
+                state
+                    .dispatcher
+                    .withdraw_offer_of(id, WithdrawReason::Cancelled, now);
+                model.available[d] = false;
+                model.withdraw(d);
+            }
+            Op::Online(d) => {
+                let id = &system.drivers[d].id;
+                let mut fleet = state.fleet.lock().unwrap();
+                fleet.set_status(id, DriverStatus::Available, now);
+                fleet.ping(id, driver_position(d), None, now);
+                drop(fleet);
+                state.dispatcher.driver_available();
+                model.available[d] = true;
+                model.last_ping[d] = model.t;
+            }
+            Op::Crash => {
+                // Everything in memory is lost; the store is what remains.
+                let url = system.url.clone();
+                system.state.store.close().await;
+                let (state, shutdown) = System::open(&url).await;
+                system.state = state;
+                system._shutdown = shutdown;
+                system
+                    .state
+                    .dispatcher
+                    .recover(system.now(model.t))
+                    .await
+                    .unwrap();
+                // Offers die with the process. A recovered trip's deadline counts from its
+                // last change in wall-clock time, which this test does not advance: here
+                // that is "now".
+                for d in 0..DRIVERS {
+                    model.withdraw(d);
+                    system.connect_driver(d, model.available[d], model.t).await;
+                    model.last_ping[d] = model.t;
+                }
+                for t in model
+                    .trips
+                    .iter_mut()
+                    .filter(|t| t.state == TripState::Requested)
+                {
+                    t.deadline = model.t + DEADLINE_MS;
+                }
+            }
+        }
+        // Offers only run in dispatch passes; make one (without moving time) after every
+        // operation, as the dispatch loop would when woken.
+        if !matches!(op, Op::Step(_)) {
+            system.state.dispatcher.step(system.now(model.t)).await;
+        }
+        check(&mut system, &mut model, &context).await?;
+    }
+    Ok(())
+}
+
+/// Reads what the system told the drivers and compares the store with the model.
+async fn check(system: &mut System, model: &mut Model, context: &str) -> Result<(), TestCaseError> {
+    for d in 0..DRIVERS {
+        while let Ok(message) = system.inboxes[d].try_recv() {
+            match message {
+                ServerMessage::Offer(offer) => {
+                    let trip = model.trips.iter().position(|t| t.id == offer.trip_id);
+                    let trip = trip.ok_or_else(|| {
+                        TestCaseError::fail(format!("{context}: offer for unknown trip"))
+                    })?;
+                    prop_assert!(
+                        model.may_offer(d, trip),
+                        "{}: illegal offer of trip {} to driver {}: {:?}",
+                        context,
+                        trip,
+                        d,
+                        model
+                    );
+                    model.offers.insert(
+                        d,
+                        ModelOffer {
+                            id: offer.offer_id,
+                            trip,
+                            expires: model.t + OFFER_TIMEOUT_MS,
+                        },
+                    );
+                }
+                ServerMessage::OfferWithdrawn { offer_id, .. } => {
+                    prop_assert!(
+                        model.offers.get(&d).is_none_or(|o| o.id != offer_id),
+                        "{}: withdrawal the model did not expect",
+                        context
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    // The store agrees with the model, trip by trip.
+    for t in &model.trips {
+        let stored = system
+            .state
+            .store
+            .trip(&t.id)
+            .await
+            .unwrap()
+            .expect("trip stored");
+        let driver = t.driver.map(|d| system.drivers[d].id.clone());
+        prop_assert_eq!(stored.state, t.state, "{}: trip {}", context, t.id);
+        prop_assert_eq!(stored.seq, t.seq, "{}: trip {}", context, t.id);
+        if t.state.has_driver() {
+            prop_assert_eq!(stored.driver_id, driver, "{}: trip {}", context, t.id);
+        }
+        let seqs: Vec<i64> = system
+            .state
+            .store
+            .events_after(&t.id, 0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        prop_assert_eq!(
+            seqs,
+            (1..=t.seq).collect::<Vec<_>>(),
+            "{}: trip {}",
+            context,
+            t.id
+        );
+    }
+    // Liveness: a waiting trip without an offer has no driver that could take it.
+    for (trip, t) in model.trips.iter().enumerate() {
+        if t.state == TripState::Requested && !model.offers.values().any(|o| o.trip == trip) {
+            let idle: Vec<usize> = (0..DRIVERS).filter(|d| model.may_offer(*d, trip)).collect();
+            prop_assert!(
+                idle.is_empty(),
+                "{}: trip {} waits while drivers {:?} could take it",
+                context,
+                trip,
+                idle
+            );
+        }
+    }
+    // Invariant 1, as the fleet sees it.
+    for d in 0..DRIVERS {
+        let view = system
+            .state
+            .fleet
+            .lock()
+            .unwrap()
+            .view(&system.drivers[d].id, system.now(model.t))
+            .unwrap();
+        prop_assert_eq!(
+            view.offer_id.as_deref(),
+            model.offers.get(&d).map(|o| o.id.as_str()),
+            "{}: driver {}",
+            context,
+            d
+        );
+        let busy = model
+            .active_trip_of_driver(d)
+            .map(|trip| model.trips[trip].id.clone());
+        prop_assert_eq!(view.trip_id, busy, "{}: driver {}", context, d);
+    }
+    Ok(())
+}
+
+fn run(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run_model(backend, ops))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, max_shrink_iters: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn trip_offer_and_driver_rules_hold_on_sqlite(ops in prop::collection::vec(op(), 1..60)) {
+        run(Backend::Sqlite, ops)?;
+    }
+
+    #[test]
+    #[cfg_attr(not(hail_test_postgres), ignore = "PostgreSQL not tested: set HAIL_TEST_POSTGRES_URL")]
+    fn trip_offer_and_driver_rules_hold_on_postgres(ops in prop::collection::vec(op(), 1..60)) {
+        run(Backend::Postgres, ops)?;
+    }
+}
