@@ -278,6 +278,24 @@ impl TestServer {
             server.shutdown().await.unwrap();
         }
     }
+
+    /// Stops the server (if running) and starts a new one at the same address on the
+    /// same SQLite store: a node restarting in place, so clients that reconnect find it
+    /// where it was.
+    pub async fn restart_in_place(&mut self) {
+        let address: std::net::SocketAddr = self
+            .base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("the base URL names the address");
+        self.stop().await;
+        let mut config = test_config(Backend::Sqlite, &self.dir).await;
+        config.listen = address;
+        let server = hail::server::start(config)
+            .await
+            .expect("server restarts on its address");
+        self.server = Some(server);
+    }
 }
 
 pub struct Ws {
