@@ -56,6 +56,8 @@ const CRUISE_SPEED_MPS: f64 = 8.0;
 const DRIVE_SPEED_MPS: f64 = 11.0;
 /// How long a driver waits at the pickup before starting the ride, at time scale 1.
 const BOARDING: Duration = Duration::from_secs(20);
+/// The longest the simulator waits for its fleet to come online before requests start.
+const RAMP_UP_LIMIT: Duration = Duration::from_secs(300);
 /// One source address serves at most this many driver sockets (ephemeral ports).
 const SOCKETS_PER_SOURCE_ADDRESS: u32 = 20_000;
 /// Small client buffers: tungstenite's defaults would cost 128 KiB+ per driver.
@@ -225,6 +227,7 @@ pub struct Summary {
     /// Most driver sockets open at once.
     pub drivers_connected: u64,
     pub pings_sent: u64,
+    /// Over the measured window: from the fleet being online to the end.
     pub pings_per_s: f64,
     /// Requests the server acknowledged (201).
     pub trips_requested: u64,
@@ -241,6 +244,8 @@ pub struct Summary {
     pub offer_latency_ms: Percentiles,
     pub pickup_distance_m: Mean,
     pub connect_errors: u64,
+    /// Drivers the server would not onboard.
+    pub onboarding_failures: u64,
     pub http_errors: u64,
     pub socket_drops: u64,
     pub elapsed_s: f64,
@@ -264,6 +269,7 @@ struct Counters {
     declined: AtomicU64,
     ignored: AtomicU64,
     connect_errors: AtomicU64,
+    onboarding_failures: AtomicU64,
     http_errors: AtomicU64,
     socket_drops: AtomicU64,
     pickup_m_sum: Mutex<(f64, u64)>,
@@ -446,7 +452,6 @@ pub async fn run(config: SimConfig, stop: watch::Receiver<bool>) -> anyhow::Resu
         counters: Counters::default(),
         config,
     });
-    let started = Instant::now();
     let (stop_clients, clients_stop) = watch::channel(false);
 
     // Drivers: onboarded through the operator API, a bounded number at a time.
@@ -468,9 +473,13 @@ pub async fn run(config: SimConfig, stop: watch::Receiver<bool>) -> anyhow::Resu
                         if index == 0 {
                             eprintln!("error: onboarding a driver answered {status}: {body}");
                         }
+                        Counters::add(&city.counters.onboarding_failures);
                         return;
                     }
-                    Err(()) => return,
+                    Err(()) => {
+                        Counters::add(&city.counters.onboarding_failures);
+                        return;
+                    }
                 }
             };
             let rng = StdRng::seed_from_u64(
@@ -486,12 +495,30 @@ pub async fn run(config: SimConfig, stop: watch::Receiver<bool>) -> anyhow::Resu
     let progress = (!city.config.quiet)
         .then(|| tokio::spawn(report_progress(city.clone(), clients_stop.clone())));
 
+    // The fleet comes online first, so the figures describe a running city rather than
+    // a ramp-up (bounded: a fleet that cannot all connect is reported, not waited for).
+    let ramp_end = Instant::now() + RAMP_UP_LIMIT;
+    let mut stop_watch = stop.clone();
+    loop {
+        let c = &city.counters;
+        let settled = Counters::get(&c.connected) + Counters::get(&c.onboarding_failures);
+        if settled >= u64::from(city.config.drivers) || Instant::now() >= ramp_end || *stop.borrow()
+        {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = crate::server::stopping(&mut stop_watch) => {}
+        }
+    }
+    let started = Instant::now();
+    let pings_before = Counters::get(&city.counters.pings);
+
     // Passengers: Poisson arrivals until the duration is over (or we are stopped).
     let mut passengers = JoinSet::new();
     let mut rng = StdRng::seed_from_u64(city.config.seed);
     let rate_per_s = city.config.requests_per_min / 60.0;
     let requests_end = started + city.config.duration;
-    let mut stop_watch = stop.clone();
     let mut next_arrival = started;
     let mut passenger_index = 0u64;
     loop {
@@ -536,7 +563,7 @@ pub async fn run(config: SimConfig, stop: watch::Receiver<bool>) -> anyhow::Resu
     if let Some(progress) = progress {
         let _ = progress.await;
     }
-    Ok(summarize(&city, started.elapsed()))
+    Ok(summarize(&city, started.elapsed(), pings_before))
 }
 
 fn source_addresses(count: u32) -> Vec<IpAddr> {
@@ -644,7 +671,10 @@ async fn drive(
             .await
         {
             Ok(ws) => ws,
-            Err(_) => {
+            Err(error) => {
+                if Counters::get(&counters.connect_errors) == 0 && !city.config.quiet {
+                    eprintln!("driver socket failed to connect (retrying with backoff): {error}");
+                }
                 Counters::add(&counters.connect_errors);
                 let wait = backoff.mul_f64(rng.random_range(0.5..1.5));
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -1077,7 +1107,9 @@ async fn report_progress(city: Arc<City>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-fn summarize(city: &City, elapsed: Duration) -> Summary {
+/// `pings_before`: pings sent while the fleet was still coming online, left out of the
+/// rate.
+fn summarize(city: &City, elapsed: Duration, pings_before: u64) -> Summary {
     let c = &city.counters;
     let latencies = c.latencies();
     let (sum, count) = *c.pickup_m_sum.lock().unwrap();
@@ -1090,7 +1122,7 @@ fn summarize(city: &City, elapsed: Duration) -> Summary {
         drivers: city.config.drivers,
         drivers_connected: Counters::get(&c.connected_max),
         pings_sent: pings,
-        pings_per_s: pings as f64 / elapsed.as_secs_f64().max(f64::EPSILON),
+        pings_per_s: (pings - pings_before) as f64 / elapsed.as_secs_f64().max(f64::EPSILON),
         trips_requested: requested,
         trips_completed: completed,
         trips_expired: expired,
@@ -1110,6 +1142,7 @@ fn summarize(city: &City, elapsed: Duration) -> Summary {
             samples: count,
         },
         connect_errors: Counters::get(&c.connect_errors),
+        onboarding_failures: Counters::get(&c.onboarding_failures),
         http_errors: Counters::get(&c.http_errors),
         socket_drops: Counters::get(&c.socket_drops),
         elapsed_s: elapsed.as_secs_f64(),
