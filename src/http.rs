@@ -26,9 +26,9 @@ use crate::{
     trip::{Change, Trip, TripEvent},
 };
 
-/// Largest request body. Every request of the contract fits in well under 1 KiB.
 pub use crate::rides::Principal;
 
+/// Largest request body. Every request of the contract fits in well under 1 KiB.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 const MAX_NAME_CHARS: usize = 100;
