@@ -307,13 +307,7 @@ async fn journey(server: &mut TestServer, browser: &Browser) {
     let (hongdae, hongdae_ws) = &mut fleet[3];
     let offer = hongdae_ws.next_of("offer").await;
     assert_eq!(offer["trip_id"], riding["id"]);
-    let (status, _) = server
-        .post(
-            &format!("/v1/offers/{}/accept", offer["offer_id"].as_str().unwrap()),
-            &hongdae.token,
-            json!({}),
-        )
-        .await;
+    let (status, _) = server.answer(hongdae, &offer, "accept").await;
     assert_eq!(status, StatusCode::OK);
 
     let waiting = server.passenger().await;

@@ -233,13 +233,7 @@ async fn an_unanswered_offer_lapses_and_moves_on(backend: Backend) {
 
     let offer = far_ws.next_of("offer").await;
     assert_eq!(offer["trip_id"], trip["id"]);
-    let (status, body) = server
-        .post(
-            &format!("/v1/offers/{}/accept", offer["offer_id"].as_str().unwrap()),
-            &far.token,
-            json!({}),
-        )
-        .await;
+    let (status, body) = server.answer(&far, &offer, "accept").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["driver_id"], far.id.as_str());
 }
@@ -311,13 +305,7 @@ async fn a_passenger_cancel_withdraws_the_open_offer(backend: Backend) {
         .request_trip(&passenger, gangnam(), city_hall())
         .await;
     let offer = driver_ws.next_of("offer").await;
-    let (status, _) = server
-        .post(
-            &format!("/v1/offers/{}/accept", offer["offer_id"].as_str().unwrap()),
-            &driver.token,
-            json!({}),
-        )
-        .await;
+    let (status, _) = server.answer(&driver, &offer, "accept").await;
     assert_eq!(status, StatusCode::OK);
     let (status, body) = server
         .request(
@@ -348,13 +336,7 @@ async fn a_driver_cancel_before_pickup_redispatches_to_someone_else(backend: Bac
     let trip_id = trip["id"].as_str().unwrap();
 
     let offer = first_ws.next_of("offer").await;
-    let (status, _) = server
-        .post(
-            &format!("/v1/offers/{}/accept", offer["offer_id"].as_str().unwrap()),
-            &first.token,
-            json!({}),
-        )
-        .await;
+    let (status, _) = server.answer(&first, &offer, "accept").await;
     assert_eq!(status, StatusCode::OK);
     let (status, _) = server
         .post(
@@ -387,13 +369,7 @@ async fn a_driver_cancel_before_pickup_redispatches_to_someone_else(backend: Bac
         names(&events),
         ["requested", "accepted", "arrived", "driver_cancelled"]
     );
-    let (status, _) = server
-        .post(
-            &format!("/v1/offers/{}/decline", offer["offer_id"].as_str().unwrap()),
-            &_second.token,
-            json!({}),
-        )
-        .await;
+    let (status, _) = server.answer(&_second, &offer, "decline").await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     while let Some(message) = first_ws.try_next(Duration::from_millis(300)).await {
         assert_ne!(message["type"], "offer", "{message}");
@@ -456,13 +432,7 @@ async fn an_operator_assigns_and_sees_the_fleet(backend: Backend) {
     assert_eq!(withdrawn["offer_id"], offer["offer_id"]);
     assert_eq!(withdrawn["reason"], "taken");
     assert_eq!(chosen_ws.next_of("trip_event").await["event"], "accepted");
-    let (status, _) = server
-        .post(
-            &format!("/v1/offers/{}/accept", offer["offer_id"].as_str().unwrap()),
-            &near.token,
-            json!({}),
-        )
-        .await;
+    let (status, _) = server.answer(&near, &offer, "accept").await;
     assert_eq!(status, StatusCode::CONFLICT);
 
     // A busy driver cannot be assigned a second trip; an unknown one is 404.

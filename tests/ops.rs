@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 async fn next_of_type(ws: &mut Ws, kind: &str) -> Value {
     ws.next_of(kind).await
@@ -68,16 +68,7 @@ async fn operator_stream_shows_dispatch_live(backend: Backend) {
     assert!((offer["pickup_distance_m"].as_f64().unwrap() - 100.0).abs() <= 1.0);
 
     let offered = late_ws.next_of("offer").await;
-    let (status, _) = server
-        .post(
-            &format!(
-                "/v1/offers/{}/accept",
-                offered["offer_id"].as_str().unwrap()
-            ),
-            &late.token,
-            json!({}),
-        )
-        .await;
+    let (status, _) = server.answer(&late, &offered, "accept").await;
     assert!(status.is_success());
     let accepted = next_of_type(&mut ops, "offer").await;
     assert_eq!(

@@ -64,13 +64,7 @@ async fn kill_9_loses_nothing_acknowledged_and_dispatch_resumes(backend: Backend
     let riding = before.request_trip(&rider, gangnam(), city_hall()).await;
     let riding_id = riding["id"].as_str().unwrap().to_string();
     let offer = driver_ws.next_of("offer").await;
-    let (status, _) = before
-        .post(
-            &format!("/v1/offers/{}/accept", offer["offer_id"].as_str().unwrap()),
-            &driver.token,
-            json!({}),
-        )
-        .await;
+    let (status, _) = before.answer(&driver, &offer, "accept").await;
     assert_eq!(status, StatusCode::OK);
     let (status, _) = before
         .post(
@@ -109,16 +103,7 @@ async fn kill_9_loses_nothing_acknowledged_and_dispatch_resumes(backend: Backend
     assert_eq!(trip["state"], "requested");
 
     // The offer made before the crash is void.
-    let (status, _) = after
-        .post(
-            &format!(
-                "/v1/offers/{}/accept",
-                stale_offer["offer_id"].as_str().unwrap()
-            ),
-            &late.token,
-            json!({}),
-        )
-        .await;
+    let (status, _) = after.answer(&late, &stale_offer, "accept").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // Drivers re-ping: the busy one stays on its trip, the free one gets the open trip.
@@ -126,13 +111,7 @@ async fn kill_9_loses_nothing_acknowledged_and_dispatch_resumes(backend: Backend
     let mut late_ws = after.connect_driver(&late, near_gangnam(500.0)).await;
     let offer = late_ws.next_of("offer").await;
     assert_eq!(offer["trip_id"], open_id.as_str());
-    let (status, _) = after
-        .post(
-            &format!("/v1/offers/{}/accept", offer["offer_id"].as_str().unwrap()),
-            &late.token,
-            json!({}),
-        )
-        .await;
+    let (status, _) = after.answer(&late, &offer, "accept").await;
     assert_eq!(status, StatusCode::OK);
     for step in ["start", "complete"] {
         let (status, body) = after

@@ -79,13 +79,7 @@ async fn store_outage_answers_503_and_recovers(backend: Backend) {
                 json!({"pickup": gangnam(), "dropoff": city_hall()}),
             )
             .await,
-        server
-            .post(
-                &format!("/v1/offers/{}/accept", offer["offer_id"].as_str().unwrap()),
-                &driver.token,
-                json!({}),
-            )
-            .await,
+        server.answer(&driver, &offer, "accept").await,
         server
             .post(
                 &format!("/v1/trips/{trip_id}/cancel"),
@@ -124,13 +118,7 @@ async fn store_outage_answers_503_and_recovers(backend: Backend) {
         .await;
     assert_eq!(second["state"], "requested");
     let offer = driver_ws.next_of("offer").await;
-    let (status, body) = server
-        .post(
-            &format!("/v1/offers/{}/accept", offer["offer_id"].as_str().unwrap()),
-            &driver.token,
-            json!({}),
-        )
-        .await;
+    let (status, body) = server.answer(&driver, &offer, "accept").await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 

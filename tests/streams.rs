@@ -19,13 +19,7 @@ async fn resumed_streams_are_gapless_and_exactly_once(backend: Backend) {
     // One subscriber from the start, watching live.
     let mut live = server.trip_ws(trip_id, &passenger.token, 0).await;
     let offer = driver_ws.next_of("offer").await;
-    let (status, _) = server
-        .post(
-            &format!("/v1/offers/{}/accept", offer["offer_id"].as_str().unwrap()),
-            &driver.token,
-            json!({}),
-        )
-        .await;
+    let (status, _) = server.answer(&driver, &offer, "accept").await;
     assert_eq!(status, StatusCode::OK);
     server
         .post(

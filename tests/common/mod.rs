@@ -253,6 +253,22 @@ impl TestServer {
         trip
     }
 
+    /// The driver answers an offer it received: `"accept"` or `"decline"`.
+    pub async fn answer(
+        &self,
+        driver: &Account,
+        offer: &Value,
+        answer: &str,
+    ) -> (StatusCode, Value) {
+        let offer_id = offer["offer_id"].as_str().expect("an offer message");
+        self.post(
+            &format!("/v1/offers/{offer_id}/{answer}"),
+            &driver.token,
+            json!({}),
+        )
+        .await
+    }
+
     pub async fn driver_ws(&self, token: &str) -> Ws {
         Ws::connect(&format!("{}/v1/driver/ws?token={token}", self.ws_base())).await
     }
