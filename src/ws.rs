@@ -46,6 +46,10 @@ const MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
 const KEEPALIVE: Duration = Duration::from_secs(20);
 /// A peer silent this long (not even a pong) is gone.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Sustained messages a second one driver may send (a ping every 4 s needs a quarter of
+/// one), and the burst allowed above that.
+const MESSAGES_PER_SECOND: f64 = 10.0;
+const MESSAGE_BURST: f64 = 20.0;
 /// Error replies queued for one driver socket before further ones are dropped.
 const ERROR_QUEUE: usize = 8;
 
@@ -148,6 +152,7 @@ async fn run_driver_socket(
     });
 
     let mut last_location_sent: Option<Instant> = None;
+    let mut budget = MessageBudget::new(Instant::now());
     let location_interval =
         Duration::from_millis(state.config.dispatch.driver_location_interval_ms);
     loop {
@@ -157,6 +162,11 @@ async fn run_driver_socket(
             _ => break,
         };
         let reply = match frame {
+            Message::Text(_) if !budget.take(Instant::now()) => Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("at most {MESSAGES_PER_SECOND} messages a second; this one was dropped"),
+            )),
             Message::Text(body) => handle_driver_message(
                 &state,
                 &driver_id,
@@ -185,6 +195,34 @@ async fn run_driver_socket(
     state.hub.unregister_driver(&driver_id, connection);
     state.fleet.lock().unwrap().disconnect(&driver_id);
     state.metrics.sockets_open.dec();
+}
+
+/// A token bucket: a misbehaving client cannot make the server do unbounded work.
+struct MessageBudget {
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl MessageBudget {
+    fn new(now: Instant) -> MessageBudget {
+        MessageBudget {
+            tokens: MESSAGE_BURST,
+            refilled: now,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let earned =
+            now.saturating_duration_since(self.refilled).as_secs_f64() * MESSAGES_PER_SECOND;
+        self.tokens = (self.tokens + earned).min(MESSAGE_BURST);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 fn handle_driver_message(
@@ -394,4 +432,22 @@ fn close(code: u16, reason: &'static str) -> Message {
         code,
         reason: Utf8Bytes::from_static(reason),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_budget_allows_a_burst_then_the_sustained_rate() {
+        let start = Instant::now();
+        let mut budget = MessageBudget::new(start);
+        let burst = (0..100).filter(|_| budget.take(start)).count();
+        assert_eq!(burst, MESSAGE_BURST as usize);
+        assert!(!budget.take(start + Duration::from_millis(50)));
+        assert!(budget.take(start + Duration::from_millis(100)));
+        let a_second_later = start + Duration::from_millis(1_100);
+        let sustained = (0..100).filter(|_| budget.take(a_second_later)).count();
+        assert_eq!(sustained, MESSAGES_PER_SECOND as usize);
+    }
 }

@@ -342,6 +342,19 @@ async fn bad_socket_messages_get_errors_and_the_socket_stays_open(backend: Backe
     assert_eq!(offer["trip_id"], trip["id"]);
     assert!((90.0..=110.0).contains(&offer["pickup_distance_m"].as_f64().unwrap()));
 
+    // A flood is cut to the message budget; the socket stays open.
+    for _ in 0..60 {
+        ws.send(json!({"type": "location", "lat": 37.4979 + 100.0 / 111_195.0, "lng": 127.0276}))
+            .await;
+    }
+    let mut limited = 0;
+    while let Some(message) = ws.try_next(Duration::from_millis(300)).await {
+        if message["code"] == "rate_limited" {
+            limited += 1;
+        }
+    }
+    assert!(limited > 0, "a flood of 60 messages is rate limited");
+
     // A frame past the hard limit closes that socket only.
     let (_other, mut other_ws) = server.online_driver(near_gangnam(5_000.0)).await;
     other_ws.send_text(&"x".repeat(64 * 1024)).await;
