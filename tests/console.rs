@@ -20,7 +20,7 @@ use tokio::{process::Child, time::Instant};
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// Starting a browser on a busy 2-core machine takes a while; a bound, not a delay.
-const BROWSER_START_PATIENCE: Duration = Duration::from_secs(60);
+const BROWSER_START_PATIENCE: Duration = Duration::from_secs(120);
 /// How often a condition on the page is checked while waiting for it.
 const POLL_EVERY: Duration = Duration::from_millis(100);
 /// The error messages the page is showing, for a failure report.
