@@ -80,9 +80,24 @@ struct Findings {
 
 /// Everything the store must satisfy, given what clients were told.
 async fn check(pool: &AnyPool, journal: &Journal, findings: &mut Findings, at_end: bool) {
+    // One snapshot for both reads. A killed client does not stop PostgreSQL from finishing
+    // a COMMIT it had already received, so the store may still move just after the kill;
+    // two separate reads could then see a trip row newer than its events.
+    let mut snapshot = pool.begin().await.expect("store readable");
+    if pool
+        .connect_options()
+        .database_url
+        .scheme()
+        .starts_with("postgres")
+    {
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *snapshot)
+            .await
+            .unwrap();
+    }
     let rows =
         sqlx::query("SELECT trip_id, seq, event, at, trip FROM trip_events ORDER BY trip_id, seq")
-            .fetch_all(pool)
+            .fetch_all(&mut *snapshot)
             .await
             .expect("events readable");
     let mut events: BTreeMap<String, Vec<(i64, String, i64, Value)>> = BTreeMap::new();
@@ -96,12 +111,13 @@ async fn check(pool: &AnyPool, journal: &Journal, findings: &mut Findings, at_en
         ));
     }
     let trips: HashMap<String, (String, i64)> = sqlx::query("SELECT id, state, seq FROM trips")
-        .fetch_all(pool)
+        .fetch_all(&mut *snapshot)
         .await
         .expect("trips readable")
         .iter()
         .map(|row| (row.get("id"), (row.get("state"), row.get("seq"))))
         .collect();
+    snapshot.rollback().await.unwrap();
     findings.trips = trips.len();
     findings.events = rows.len();
     let violations = &mut findings.violations;
