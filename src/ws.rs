@@ -30,7 +30,7 @@ use crate::{
     rides::visible_trip,
     server::AppState,
     store::{EVENTS_PAGE, Role},
-    trip::{Timestamp, TripEvent},
+    trip::{EventKind, Timestamp, TripEvent},
 };
 
 /// Largest message a client may send. A location ping is about 100 bytes.
@@ -314,11 +314,12 @@ pub async fn trip_socket(
     let after = after_param(&query)?;
     visible_trip(&state, &principal, &trip_id).await?;
     let permit = socket_permit(&state)?;
+    let driver = (principal.role == Role::Driver).then_some(principal.id);
     Ok(configure(upgrade)
         .on_upgrade(move |socket| async move {
             let _permit = permit;
             state.metrics.sockets_open.inc();
-            run_trip_stream(&state, &trip_id, after, socket).await;
+            run_trip_stream(&state, &trip_id, after, driver.as_deref(), socket).await;
             state.hub.unsubscribe_trip(&trip_id);
             state.metrics.sockets_open.dec();
         })
@@ -328,11 +329,20 @@ pub async fn trip_socket(
 /// Replays from the store, then forwards live messages. Subscribing before the replay
 /// means nothing committed in between is missed; seqs already sent are skipped, and a gap
 /// (a lagging subscriber) is filled from the store, so every event arrives exactly once.
-async fn run_trip_stream(state: &AppState, trip_id: &str, after: i64, mut socket: WebSocket) {
+///
+/// A driver watches only while the trip is theirs: the stream ends after the event by
+/// which they gave it back, since what follows is another driver's business.
+async fn run_trip_stream(
+    state: &AppState,
+    trip_id: &str,
+    after: i64,
+    driver: Option<&str>,
+    mut socket: WebSocket,
+) {
     let mut live = state.hub.subscribe_trip(trip_id);
     let mut last_seq = after;
     let mut shutdown = state.shutdown.clone();
-    if catch_up(state, trip_id, &mut last_seq, &mut socket)
+    if catch_up(state, trip_id, &mut last_seq, driver, &mut socket)
         .await
         .is_err()
     {
@@ -347,10 +357,13 @@ async fn run_trip_stream(state: &AppState, trip_id: &str, after: i64, mut socket
                     Ok(TripMessage::Event(event)) if event.seq <= last_seq => Ok(()),
                     Ok(TripMessage::Event(event)) if event.seq == last_seq + 1 => {
                         last_seq = event.seq;
-                        send_event(&mut socket, &event).await
+                        match send_event(&mut socket, &event).await {
+                            Ok(()) => no_longer_theirs(&mut socket, &event, driver).await,
+                            failed => failed,
+                        }
                     }
                     Ok(TripMessage::Event(_)) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                        catch_up(state, trip_id, &mut last_seq, &mut socket).await
+                        catch_up(state, trip_id, &mut last_seq, driver, &mut socket).await
                     }
                     Ok(TripMessage::DriverLocation { lat, lng, at }) => {
                         let message = ServerMessage::DriverLocation { trip_id: trip_id.to_string(), lat, lng, at };
@@ -384,6 +397,7 @@ async fn catch_up(
     state: &AppState,
     trip_id: &str,
     last_seq: &mut i64,
+    driver: Option<&str>,
     socket: &mut WebSocket,
 ) -> Result<(), ()> {
     loop {
@@ -408,8 +422,32 @@ async fn catch_up(
             *last_seq = event.seq;
         }
         if !full_page {
-            return Ok(());
+            // Only the newest event tells whose trip it is now.
+            return match events.last() {
+                Some(newest) => no_longer_theirs(socket, newest, driver).await,
+                None => Ok(()),
+            };
         }
+    }
+}
+
+/// Closes a driver's stream once `newest` took the trip away from them (`Err` = stop).
+async fn no_longer_theirs(
+    socket: &mut WebSocket,
+    newest: &TripEvent,
+    driver: Option<&str>,
+) -> Result<(), ()> {
+    match driver {
+        Some(driver)
+            if newest.event == EventKind::DriverCancelled
+                && newest.trip.driver_id.as_deref() != Some(driver) =>
+        {
+            let _ = socket
+                .send(close(close_code::NORMAL, "no longer your trip"))
+                .await;
+            Err(())
+        }
+        _ => Ok(()),
     }
 }
 

@@ -346,6 +346,7 @@ async fn a_driver_cancel_before_pickup_redispatches_to_someone_else(backend: Bac
         )
         .await;
     assert_eq!(status, StatusCode::OK);
+    let mut first_stream = server.trip_ws(trip_id, &first.token, 3).await;
     let (status, body) = server
         .post(
             &format!("/v1/trips/{trip_id}/cancel"),
@@ -356,6 +357,12 @@ async fn a_driver_cancel_before_pickup_redispatches_to_someone_else(backend: Bac
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["state"], "requested");
     assert_eq!(body["driver_id"], Value::Null);
+    // The driver sees their own cancellation, and then the trip is none of their business.
+    assert_eq!(
+        first_stream.next_of("trip_event").await["event"],
+        "driver_cancelled"
+    );
+    assert!(first_stream.closed_within(PATIENCE).await);
 
     let offer = second_ws.next_of("offer").await;
     assert_eq!(offer["trip_id"], trip_id);
