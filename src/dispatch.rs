@@ -871,7 +871,7 @@ mod tests {
             let fleet = Arc::new(Mutex::new(FleetIndex::new(Duration::from_millis(
                 config.dispatch.stale_after_ms,
             ))));
-            let hub = Arc::new(Hub::new());
+            let hub = Arc::new(Hub::new(Default::default()));
             let dispatcher = Dispatcher::new(
                 config.dispatch.clone(),
                 fleet.clone(),

@@ -8,6 +8,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 use utoipa::ToSchema;
@@ -91,12 +92,17 @@ pub struct Hub {
     next_connection: std::sync::atomic::AtomicU64,
     /// The operator streams' feed: every committed event and every offer.
     pub ops: OpsFeed,
-    dropped: std::sync::atomic::AtomicU64,
+    /// Messages not queued because a driver's queue was full (`/metrics`).
+    dropped: Counter,
 }
 
 impl Hub {
-    pub fn new() -> Hub {
-        Hub::default()
+    /// `dropped` counts messages a driver's full queue could not take.
+    pub fn new(dropped: Counter) -> Hub {
+        Hub {
+            dropped,
+            ..Hub::default()
+        }
     }
 
     /// Fans a committed event out to its trip's subscribers and to the drivers it
@@ -181,13 +187,8 @@ impl Hub {
         };
         let sent = channel.sender.try_send(message).is_ok();
         if !sent {
-            self.dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.dropped.inc();
         }
         sent
-    }
-
-    pub fn watched_trips(&self) -> usize {
-        self.trips.lock().unwrap().len()
     }
 }

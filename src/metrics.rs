@@ -38,6 +38,7 @@ pub struct Metrics {
     pub request_to_offer: Histogram,
     pub drivers_online: Gauge,
     pub sockets_open: Gauge,
+    pub driver_messages_dropped: Counter,
 }
 
 impl Metrics {
@@ -78,6 +79,12 @@ impl Metrics {
             "Open WebSocket connections",
             sockets_open.clone(),
         );
+        let driver_messages_dropped = Counter::default();
+        registry.register(
+            "driver_messages_dropped",
+            "Messages to a driver socket dropped because its queue was full",
+            driver_messages_dropped.clone(),
+        );
         Metrics {
             registry,
             location_pings,
@@ -86,6 +93,7 @@ impl Metrics {
             request_to_offer,
             drivers_online,
             sockets_open,
+            driver_messages_dropped,
         }
     }
 

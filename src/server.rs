@@ -159,7 +159,7 @@ pub fn assemble(
     shutdown: watch::Receiver<bool>,
 ) -> AppState {
     let metrics = Arc::new(Metrics::new());
-    let hub = Arc::new(Hub::new());
+    let hub = Arc::new(Hub::new(metrics.driver_messages_dropped.clone()));
     let stale_after = Duration::from_millis(config.dispatch.stale_after_ms);
     let fleet = Arc::new(Mutex::new(FleetIndex::new(stale_after)));
     let dispatcher = Arc::new(Dispatcher::new(
