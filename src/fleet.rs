@@ -499,8 +499,16 @@ impl FleetIndex {
         self.slot(driver_id).map(|slot| self.view_of(slot, now))
     }
 
-    fn view_of(&self, slot: &Slot, now: Instant) -> DriverView {
-        let state = if slot.trip_id.is_some() {
+    /// Every online driver's state, without copying the drivers.
+    pub fn states(&self, now: Instant) -> impl Iterator<Item = DriverState> + '_ {
+        self.slots
+            .iter()
+            .flatten()
+            .map(move |slot| self.state_of(slot, now))
+    }
+
+    fn state_of(&self, slot: &Slot, now: Instant) -> DriverState {
+        if slot.trip_id.is_some() {
             DriverState::Busy
         } else if slot.offer_id.is_some() {
             DriverState::Offered
@@ -510,7 +518,11 @@ impl FleetIndex {
             DriverState::Stale
         } else {
             DriverState::Available
-        };
+        }
+    }
+
+    fn view_of(&self, slot: &Slot, now: Instant) -> DriverView {
+        let state = self.state_of(slot, now);
         DriverView {
             id: slot.id.to_string(),
             state,

@@ -351,14 +351,18 @@ impl City {
     }
 
     async fn post(&self, path: &str, token: &str, body: Value) -> Result<(u16, Value), ()> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await;
-        match response {
+        self.send(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .bearer_auth(token)
+                .json(&body),
+        )
+        .await
+    }
+
+    /// Sends a request; server errors and lost answers count as HTTP errors.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<(u16, Value), ()> {
+        match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 let body = response.json::<Value>().await.unwrap_or(Value::Null);
@@ -891,7 +895,11 @@ async fn next_phase(city: &City, token: &str, phase: Phase, arrived: bool, now: 
 async fn ride(city: Arc<City>, mut rng: StdRng, mut stop: watch::Receiver<bool>) {
     let counters = &city.counters;
     let Ok((201, account)) = city
-        .post_anonymous("/v1/passengers", json!({"name": "Passenger"}))
+        .send(
+            city.http
+                .post(format!("{}/v1/passengers", city.base))
+                .json(&json!({"name": "Passenger"})),
+        )
         .await
     else {
         return;
@@ -909,22 +917,18 @@ async fn ride(city: Arc<City>, mut rng: StdRng, mut stop: watch::Receiver<bool>)
     let mut trip_id = None;
     let mut backoff = Duration::from_millis(100);
     for _ in 0..8 {
-        let response = city
-            .http
-            .post(format!("{}/v1/trips", city.base))
+        let request = city.http.post(format!("{}/v1/trips", city.base));
+        let request = request
             .bearer_auth(&token)
             .header("Idempotency-Key", &key)
-            .json(&body)
-            .send()
-            .await;
-        match response {
-            Ok(response) if response.status().as_u16() == 201 => {
-                let trip: Value = response.json().await.unwrap_or(Value::Null);
+            .json(&body);
+        match city.send(request).await {
+            Ok((201, trip)) => {
                 trip_id = trip["id"].as_str().map(str::to_string);
                 break;
             }
-            Ok(response) if response.status().is_client_error() => break,
-            _ => Counters::add(&counters.http_errors),
+            Ok((400..=499, _)) => break,
+            _ => {} // counted by `send`; the same key makes the retry safe
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff.mul_f64(rng.random_range(0.5..1.5))) => {}
@@ -1035,25 +1039,6 @@ impl City {
             }
             Ok((status, _)) if (400..500).contains(&status) => Some(false),
             _ => None,
-        }
-    }
-
-    async fn post_anonymous(&self, path: &str, body: Value) -> Result<(u16, Value), ()> {
-        match self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-        {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                Ok((status, response.json().await.unwrap_or(Value::Null)))
-            }
-            Err(_) => {
-                Counters::add(&self.counters.http_errors);
-                Err(())
-            }
         }
     }
 }

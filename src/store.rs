@@ -121,7 +121,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Rejected(e) => e,
             StoreError::DriverBusy => {
-                ApiError::conflict("driver_busy", error_text(&StoreError::DriverBusy))
+                ApiError::conflict("driver_busy", StoreError::DriverBusy.to_string())
             }
             StoreError::PassengerBusy => ApiError::conflict(
                 "active_trip_exists",
@@ -129,7 +129,7 @@ impl From<StoreError> for ApiError {
             ),
             StoreError::IdempotencyKeyReused => ApiError::conflict(
                 "idempotency_key_reused",
-                error_text(&StoreError::IdempotencyKeyReused),
+                StoreError::IdempotencyKeyReused.to_string(),
             ),
             StoreError::Contention => {
                 ApiError::unavailable("too much contention on this trip; retry")
@@ -148,10 +148,6 @@ impl From<StoreError> for ApiError {
             }
         }
     }
-}
-
-fn error_text(error: &StoreError) -> String {
-    error.to_string()
 }
 
 /// A committed trip change: the trip before it and the event it produced.

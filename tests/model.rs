@@ -122,6 +122,18 @@ impl Model {
             && !self.offers.values().any(|o| o.trip == trip)
     }
 
+    /// Ends the open offer of `trip`, if any.
+    fn withdraw_offer_for(&mut self, trip: usize) {
+        if let Some(d) = self
+            .offers
+            .iter()
+            .find(|(_, o)| o.trip == trip)
+            .map(|(d, _)| *d)
+        {
+            self.withdraw(d);
+        }
+    }
+
     fn withdraw(&mut self, d: usize) {
         if let Some(offer) = self.offers.remove(&d) {
             self.old_offers.insert(d, offer.id);
@@ -301,14 +313,7 @@ async fn run_model(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> 
                     {
                         model.trips[trip].state = TripState::Expired;
                         model.trips[trip].seq += 1;
-                        if let Some(d) = model
-                            .offers
-                            .iter()
-                            .find(|(_, o)| o.trip == trip)
-                            .map(|(d, _)| *d)
-                        {
-                            model.withdraw(d);
-                        }
+                        model.withdraw_offer_for(trip);
                     }
                 }
             }
@@ -394,14 +399,7 @@ async fn run_model(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> 
                     result.as_ref().err()
                 );
                 if allowed {
-                    if let Some(d) = model
-                        .offers
-                        .iter()
-                        .find(|(_, o)| o.trip == trip)
-                        .map(|(d, _)| *d)
-                    {
-                        model.withdraw(d);
-                    }
+                    model.withdraw_offer_for(trip);
                     let t = &mut model.trips[trip];
                     (t.state, t.seq) = (TripState::Cancelled, t.seq + 1);
                 }
