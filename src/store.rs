@@ -298,7 +298,7 @@ impl Store {
 
     /// Readiness: the store answers a query.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(self.pool()?).await?;
+        retrying(|| async { sqlx::query("SELECT 1").execute(self.pool()?).await }).await?;
         Ok(())
     }
 
@@ -339,10 +339,13 @@ impl Store {
 
     /// The account a token belongs to: (id, role).
     pub async fn authenticate(&self, token: &str) -> Result<Option<(String, Role)>, StoreError> {
-        let row = sqlx::query("SELECT id, role FROM accounts WHERE token_hash = $1")
-            .bind(token_hash(token))
-            .fetch_optional(self.pool()?)
-            .await?;
+        let row = retrying(|| async {
+            sqlx::query("SELECT id, role FROM accounts WHERE token_hash = $1")
+                .bind(token_hash(token))
+                .fetch_optional(self.pool()?)
+                .await
+        })
+        .await?;
         row.map(|row| {
             let role = match row.try_get::<String, _>("role")?.as_str() {
                 "driver" => Role::Driver,
@@ -354,10 +357,13 @@ impl Store {
     }
 
     pub async fn account_role(&self, id: &str) -> Result<Option<Role>, StoreError> {
-        let role: Option<String> = sqlx::query_scalar("SELECT role FROM accounts WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.pool()?)
-            .await?;
+        let role: Option<String> = retrying(|| async {
+            sqlx::query_scalar("SELECT role FROM accounts WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.pool()?)
+                .await
+        })
+        .await?;
         Ok(role.map(|role| {
             if role == "driver" {
                 Role::Driver
@@ -441,11 +447,14 @@ impl Store {
         let sql = format!(
             "SELECT {TRIP_COLUMNS} FROM trips WHERE passenger_id = $1 AND idempotency_key = $2"
         );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&new.passenger_id)
-            .bind(key)
-            .fetch_optional(self.pool()?)
-            .await?;
+        let row = retrying(|| async {
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(&new.passenger_id)
+                .bind(key)
+                .fetch_optional(self.pool()?)
+                .await
+        })
+        .await?;
         let Some(trip) = row.map(|row| trip_from_row(&row)).transpose()? else {
             return Ok(None);
         };
@@ -457,10 +466,13 @@ impl Store {
 
     pub async fn trip(&self, id: &str) -> Result<Option<Trip>, StoreError> {
         let sql = format!("SELECT {TRIP_COLUMNS} FROM trips WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(self.pool()?)
-            .await?;
+        let row = retrying(|| async {
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(id)
+                .fetch_optional(self.pool()?)
+                .await
+        })
+        .await?;
         row.map(|row| trip_from_row(&row)).transpose()
     }
 
@@ -542,14 +554,17 @@ impl Store {
         trip_id: &str,
         after: i64,
     ) -> Result<Vec<TripEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, event, at, trip FROM trip_events WHERE trip_id = $1 AND seq > $2 \
+        let rows = retrying(|| async {
+            sqlx::query(
+                "SELECT seq, event, at, trip FROM trip_events WHERE trip_id = $1 AND seq > $2 \
              ORDER BY seq LIMIT $3",
-        )
-        .bind(trip_id)
-        .bind(after)
-        .bind(EVENTS_PAGE)
-        .fetch_all(self.pool()?)
+            )
+            .bind(trip_id)
+            .bind(after)
+            .bind(EVENTS_PAGE)
+            .fetch_all(self.pool()?)
+            .await
+        })
         .await?;
         rows.iter()
             .map(|row| {
@@ -584,12 +599,13 @@ impl Store {
     }
 
     pub async fn exclusions(&self, trip_id: &str) -> Result<Vec<String>, StoreError> {
-        Ok(
+        Ok(retrying(|| async {
             sqlx::query_scalar("SELECT driver_id FROM trip_exclusions WHERE trip_id = $1")
                 .bind(trip_id)
                 .fetch_all(self.pool()?)
-                .await?,
-        )
+                .await
+        })
+        .await?)
     }
 
     pub async fn trips_in_states(&self, states: &[TripState]) -> Result<Vec<Trip>, StoreError> {
@@ -598,9 +614,12 @@ impl Store {
             "SELECT {TRIP_COLUMNS} FROM trips WHERE state IN ({}) ORDER BY requested_at",
             list.join(", ")
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .fetch_all(self.pool()?)
-            .await?;
+        let rows = retrying(|| async {
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .fetch_all(self.pool()?)
+                .await
+        })
+        .await?;
         rows.iter().map(trip_from_row).collect()
     }
 
@@ -610,10 +629,13 @@ impl Store {
             "SELECT {TRIP_COLUMNS} FROM trips WHERE state IN ('completed', 'cancelled', 'expired') \
              ORDER BY updated_at DESC LIMIT $1"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(limit)
-            .fetch_all(self.pool()?)
-            .await?;
+        let rows = retrying(|| async {
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(limit)
+                .fetch_all(self.pool()?)
+                .await
+        })
+        .await?;
         rows.iter().map(trip_from_row).collect()
     }
 
@@ -623,10 +645,13 @@ impl Store {
             "SELECT {TRIP_COLUMNS} FROM trips WHERE driver_id = $1 \
              AND state IN ('accepted', 'arrived', 'in_progress')"
         );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(driver_id)
-            .fetch_optional(self.pool()?)
-            .await?;
+        let row = retrying(|| async {
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(driver_id)
+                .fetch_optional(self.pool()?)
+                .await
+        })
+        .await?;
         row.map(|row| trip_from_row(&row)).transpose()
     }
 }
@@ -722,7 +747,9 @@ fn unique_violation(error: &sqlx::Error) -> Option<Unique> {
 }
 
 /// Serialization failures and deadlocks (PostgreSQL and PostgreSQL-wire databases under
-/// SERIALIZABLE) and SQLite's busy/locked answers: the transaction did nothing, try again.
+/// SERIALIZABLE — where even a lone read can be cancelled "during read") and SQLite's
+/// busy/locked answers: the statement did nothing, try again. Reads go through
+/// [`retrying`] as much as writes do.
 fn is_retryable(error: &sqlx::Error) -> bool {
     let sqlx::Error::Database(db) = error else {
         return false;
