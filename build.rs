@@ -1,11 +1,19 @@
-//! Marks the build when a PostgreSQL server is named for the tests, so the PostgreSQL half
-//! of the integration suite runs instead of being listed as ignored ("not tested").
+//! Marks the build when the tests may use what a machine may lack, so those tests run
+//! instead of being listed as ignored ("not tested"): a PostgreSQL server
+//! (`HAIL_TEST_POSTGRES_URL`) and a browser (`HAIL_TEST_BROWSER`, set by `scripts/test`
+//! once Chromium and ChromeDriver are installed).
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(hail_test_postgres)");
+    println!("cargo::rustc-check-cfg=cfg(hail_test_browser)");
     println!("cargo::rerun-if-env-changed=HAIL_TEST_POSTGRES_URL");
+    println!("cargo::rerun-if-env-changed=HAIL_TEST_BROWSER");
     println!("cargo::rerun-if-changed=build.rs");
-    if std::env::var_os("HAIL_TEST_POSTGRES_URL").is_some_and(|url| !url.is_empty()) {
+    let set = |name: &str| std::env::var_os(name).is_some_and(|value| !value.is_empty());
+    if set("HAIL_TEST_POSTGRES_URL") {
         println!("cargo::rustc-cfg=hail_test_postgres");
+    }
+    if set("HAIL_TEST_BROWSER") {
+        println!("cargo::rustc-cfg=hail_test_browser");
     }
 }

@@ -51,7 +51,7 @@ fn fleet(c: &mut Criterion) {
     let ids: Vec<String> = (0..DRIVERS).map(|i| format!("drv_{i}")).collect();
     let mut at = positions(&mut rng, DRIVERS);
     for (id, position) in ids.iter().zip(&at) {
-        index.connect(id, None, now);
+        index.connect(id, None, now, hail::trip::Timestamp(0));
         index.ping(id, *position, None, now);
     }
 

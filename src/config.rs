@@ -37,10 +37,41 @@ pub struct ServerConfig {
     pub max_sockets: usize,
 
     #[command(flatten)]
+    pub cluster: ClusterConfig,
+
+    #[command(flatten)]
     pub dispatch: DispatchConfig,
 
     #[command(flatten)]
     pub tariff: TariffConfig,
+}
+
+/// The cluster, DESIGN §1: several nodes on one PostgreSQL, joined by NATS.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterConfig {
+    /// NATS server(s) joining the nodes of a cluster, comma-separated `nats://host:port`.
+    /// Unset: one node, no bus. Needs a PostgreSQL store.
+    #[arg(long, env = "HAIL_BUS_URL")]
+    pub bus_url: Option<String>,
+
+    /// This node's name in the cluster (unique). Default: generated at start.
+    #[arg(long, env = "HAIL_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// The base URL clients reach this node at, shown to operators. Default:
+    /// `http://` + the listen address.
+    #[arg(long, env = "HAIL_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+
+    /// A dispatch lease not renewed for this long may be taken over by another node.
+    #[arg(long, env = "HAIL_LEASE_TTL_MS", default_value_t = 3_000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub lease_ttl_ms: u64,
+
+    /// How often the leader renews its lease (and every node reports itself).
+    #[arg(long, env = "HAIL_LEASE_RENEW_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub lease_renew_ms: u64,
 }
 
 /// Dispatch policy, DESIGN §4.
@@ -170,6 +201,30 @@ impl ServerConfig {
         {
             return Err("HAIL_OPERATOR_TOKEN must be at least 16 characters".into());
         }
+        let cluster = &self.cluster;
+        if cluster.bus_url.is_some() && self.database_url.starts_with("sqlite:") {
+            return Err(
+                "HAIL_BUS_URL joins nodes on one PostgreSQL store; an embedded SQLite store \
+                 belongs to one node. Use HAIL_DATABASE_URL=postgres://… or unset HAIL_BUS_URL"
+                    .into(),
+            );
+        }
+        if cluster.lease_renew_ms * 2 > cluster.lease_ttl_ms {
+            return Err(
+                "HAIL_LEASE_RENEW_MS must be at most half of HAIL_LEASE_TTL_MS, so one late \
+                 renewal does not cost the lease"
+                    .into(),
+            );
+        }
+        if let Some(id) = &cluster.node_id
+            && (id.is_empty()
+                || id.len() > 64
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        {
+            return Err("HAIL_NODE_ID must be 1 to 64 letters, digits, '-', '_' or '.'".into());
+        }
         Ok(())
     }
 }
@@ -200,6 +255,14 @@ mod tests {
         assert!(config.validate().is_err());
         let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), "sqlite::memory:");
         config.operator_token = Some("short".into());
+        assert!(config.validate().is_err());
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), "sqlite://hail.db");
+        config.cluster.bus_url = Some("nats://127.0.0.1:4222".into());
+        let refused = config.validate().unwrap_err();
+        assert!(refused.contains("PostgreSQL"), "{refused}");
+        config.database_url = "postgres://db/hail".into();
+        assert!(config.validate().is_ok());
+        config.cluster.lease_renew_ms = 2_000;
         assert!(config.validate().is_err());
     }
 }

@@ -1,9 +1,9 @@
-//! The one error type of the request path and its wire format.
+//! The one error type of the request path, and the one place that maps every layer's
+//! errors to HTTP statuses and wire codes.
 //!
-//! Every failure a client can see is an [`ApiError`]: a stable snake_case `code` that
-//! clients may match on, a human message, and the HTTP status it maps to. The body is
-//! always `{"error": {"code": "...", "message": "..."}}` (DESIGN §3). `anyhow` is only for
-//! start-up and background tasks; handlers return `Result<_, ApiError>`.
+//! Lower layers return their own errors ([`StoreError`] from the store); handlers return
+//! [`ApiError`], whose body is always `{"error": {"code", "message"}}` (DESIGN §3) with a
+//! stable [`ErrorCode`]. `anyhow` is only for start-up and background tasks.
 
 use axum::{
     Json,
@@ -13,64 +13,90 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::{Serialize, de::DeserializeOwned};
-use utoipa::ToSchema;
+
+pub use crate::protocol::ErrorCode;
+use crate::{
+    protocol::rest::{ErrorBody, ErrorDetail},
+    store::StoreError,
+};
 
 /// A client-visible failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
+impl ErrorCode {
+    /// The HTTP status each code is answered with.
+    pub fn status(self) -> StatusCode {
+        use ErrorCode::*;
+        match self {
+            MalformedJson
+            | InvalidBody
+            | InvalidAfter
+            | InvalidCoordinates
+            | InvalidIdempotencyKey
+            | InvalidMessage
+            | MessageTooLarge
+            | UnsupportedFrame => StatusCode::BAD_REQUEST,
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            Forbidden => StatusCode::FORBIDDEN,
+            NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            InvalidTransition | OfferExpired | OfferAlreadyAnswered | ActiveTripExists
+            | DriverBusy | DriverUnavailable | IdempotencyKeyReused => StatusCode::CONFLICT,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
-            status,
             code,
             message: message.into(),
         }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
     }
 
     pub fn unauthorized() -> Self {
         Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "a valid bearer token is required (Authorization: Bearer <token>)",
         )
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(ErrorCode::Forbidden, message)
     }
 
     /// Unknown *or not yours*: callers must not learn whether another user's object exists.
     pub fn not_found(what: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{what} not found"),
-        )
-    }
-
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, code, message)
+        Self::new(ErrorCode::NotFound, format!("{what} not found"))
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        Self::new(ErrorCode::Unavailable, message)
     }
 
     pub fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
+        Self::new(ErrorCode::Internal, "internal error")
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message.clone(),
+            },
+        }
     }
 }
 
@@ -80,7 +106,7 @@ impl std::fmt::Display for ApiError {
             f,
             "{} ({}): {}",
             self.code,
-            self.status.as_u16(),
+            self.status().as_u16(),
             self.message
         )
     }
@@ -88,28 +114,61 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
-/// The wire shape of an error, also used on WebSockets without the outer `error` key.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Stable snake_case code, e.g. `invalid_transition`, `offer_expired`.
-    pub code: String,
-    pub message: String,
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_string(),
-                message: self.message,
-            },
-        };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if self.code == ErrorCode::Unavailable {
+            // Every 503 of ours changed nothing and is worth retrying shortly.
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, 1.into());
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        use ErrorCode::*;
+        match error {
+            StoreError::NotFound(what) => ApiError::not_found(what),
+            StoreError::InvalidTransition(e) => ApiError::new(InvalidTransition, e.to_string()),
+            StoreError::NotYours => ApiError::not_found("trip"),
+            StoreError::DriverBusy => ApiError::new(DriverBusy, error.to_string()),
+            StoreError::PassengerBusy => ApiError::new(
+                ActiveTripExists,
+                "you already have an active trip; cancel or finish it first",
+            ),
+            StoreError::IdempotencyKeyReused => {
+                ApiError::new(IdempotencyKeyReused, error.to_string())
+            }
+            StoreError::OfferLapsed => ApiError::new(OfferExpired, "this offer lapsed"),
+            StoreError::OfferWithdrawn => ApiError::new(OfferExpired, "this offer was withdrawn"),
+            StoreError::TripGone => ApiError::new(OfferExpired, "the trip is no longer available"),
+            StoreError::OfferAnswered => {
+                ApiError::new(OfferAlreadyAnswered, "this offer was already answered")
+            }
+            StoreError::Contention => {
+                ApiError::unavailable("too much contention on this trip; retry")
+            }
+            StoreError::Unavailable(e) => {
+                tracing::warn!(error = %e, "store unavailable");
+                ApiError::unavailable("the store is unavailable; nothing was changed, retry later")
+            }
+            StoreError::DriverHasOffer | StoreError::TripHasOffer | StoreError::Fenced => {
+                // Dispatch-internal outcomes; a client request never causes them.
+                tracing::error!(%error, "dispatch outcome reached a client");
+                ApiError::internal()
+            }
+            StoreError::Database(e) => {
+                tracing::error!(error = %e, "store error");
+                ApiError::internal()
+            }
+            StoreError::Corrupt(e) => {
+                tracing::error!(error = %e, "corrupt row");
+                ApiError::internal()
+            }
+        }
     }
 }
 
@@ -137,13 +196,9 @@ pub async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<By
         .await
         .map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the request body is too large",
-                )
+                ApiError::new(ErrorCode::PayloadTooLarge, "the request body is too large")
             } else {
-                ApiError::bad_request("invalid_body", rejection.body_text())
+                ApiError::new(ErrorCode::InvalidBody, rejection.body_text())
             }
         })
 }
@@ -151,10 +206,10 @@ pub async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<By
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|error| match error.classify() {
         serde_json::error::Category::Data => {
-            ApiError::bad_request("invalid_body", error.to_string())
+            ApiError::new(ErrorCode::InvalidBody, error.to_string())
         }
-        _ => ApiError::bad_request(
-            "malformed_json",
+        _ => ApiError::new(
+            ErrorCode::MalformedJson,
             format!("the body is not valid JSON: {error}"),
         ),
     })

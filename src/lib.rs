@@ -2,42 +2,56 @@
 //!
 //! Passengers request taxis over REST, drivers stream their positions and answer offers
 //! over a WebSocket, operators watch and steer. Every acknowledged change is committed to
-//! the store first, so a `kill -9` loses nothing that anyone was told happened.
+//! the store first, so a `kill -9` loses nothing that anyone was told happened; several
+//! nodes on one PostgreSQL share the work, and any of them can die.
 //!
-//! The modules, in the order a request flows through them (see `ARCHITECTURE` in the
-//! README and `DESIGN.md` §1):
+//! **Where does a ping go?** [`gateway::driver_socket`] reads it, [`rides::drivers`]
+//! validates it into the [`fleet`] (an R-tree in memory); in a cluster the node holding
+//! the socket tells the others through the [`bus`], batched.
 //!
-//! - [`config`] — `hail serve` flags and `HAIL_*` variables, every number with its unit.
-//! - [`http`] — the REST gateway: routes, authentication, handlers.
-//! - [`ws`] — the WebSocket gateways: the driver socket and trip streams.
-//! - [`fleet`] — the in-memory fleet index: an R-tree of available drivers plus their
-//!   state. Where a location ping goes.
-//! - [`rides`] — what each ride request does: check, commit, then update memory and
-//!   watchers. Where a trip changes state.
-//! - [`dispatch`] — matching requested trips to drivers: offers, deadlines, ranking.
-//! - [`trip`] — the trip state machine and fares; pure: which changes are allowed.
-//! - [`store`] — the source of truth on SQLite or PostgreSQL. Where a change is written.
-//! - [`hub`] — fans committed events out to sockets.
-//! - [`metrics`] — Prometheus counters and histograms.
-//! - [`ops`] — the operator's snapshot, figures, offer audit log and live stream.
-//! - [`geometry`] — validated coordinates and distances on the sphere; pure.
-//! - [`error`] — the one client-visible error type and its wire format.
-//! - [`server`] — wiring and the background tasks; what `main` and the tests start.
-//! - [`sim`] — `hail sim`: a simulated city of real HTTP/WebSocket clients, for the
-//!   demo and for load.
+//! **Where does a trip change state?** In [`rides`]: every operation checks who asks,
+//! has the [`store`] commit the change (the rules are [`trip`]'s), and passes the result
+//! through the one commit path, `Rides::commit`, which updates the fleet and the
+//! dispatcher, tells the sockets through the [`hub`], and the other nodes through the bus.
+//!
+//! **Where is it written?** [`store`]: one transaction per change, on SQLite or PostgreSQL.
+//!
+//! The modules, from the edge inwards; each uses only those below it:
+//!
+//! - [`server`] — wiring and background tasks; what `main` and the tests start.
+//! - [`gateway`] — REST, the driver socket, trip streams, the operator stream and console.
+//! - [`auth`] — bearer tokens to principals; who may see what.
+//! - [`ops`] — the operators' figures, snapshot and cluster view.
+//! - [`rides`] — what each request means, and the commit path.
+//! - [`cluster`] — this node's identity and the dispatch lease it keeps.
+//! - [`dispatch`] — matching trips to drivers: a pure book of offers and deadlines, and
+//!   the loop that performs its decisions under the lease.
+//! - [`bus`] — NATS between nodes (or nothing, for one node).
+//! - [`hub`] — fans committed changes out to this node's sockets.
+//! - [`fleet`] — every online driver, in memory, behind one handle.
+//! - [`store`] — the source of truth: trips, events, offers, the lease, the nodes.
+//! - [`protocol`] — every message on the wire, typed, shared with `sim` and the tests.
+//! - [`trip`], [`geometry`] — the state machine, fares, coordinates; pure.
+//! - [`error`], [`metrics`], [`config`], [`ids`], [`shutdown`] — what everyone shares.
+//! - [`sim`] — `hail sim`: a simulated city of real HTTP/WebSocket clients.
 
+pub mod auth;
+pub mod bus;
+pub mod cluster;
 pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod fleet;
+pub mod gateway;
 pub mod geometry;
-pub mod http;
 pub mod hub;
+pub mod ids;
 pub mod metrics;
 pub mod ops;
+pub mod protocol;
 pub mod rides;
 pub mod server;
+pub mod shutdown;
 pub mod sim;
 pub mod store;
 pub mod trip;
-pub mod ws;

@@ -1,8 +1,9 @@
 //! The `hail` binary: a thin command line over the library.
 
+use std::io::IsTerminal;
+
 use clap::{Args, Parser, Subcommand};
-use hail::{config::ServerConfig, server, sim};
-use tokio::sync::watch;
+use hail::{config::ServerConfig, server, shutdown, sim};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -47,6 +48,8 @@ struct DemoConfig {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, never in files and CI logs.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_env("HAIL_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
@@ -76,10 +79,10 @@ async fn serve(config: ServerConfig) -> anyhow::Result<()> {
 
 async fn run_sim(config: sim::SimConfig) -> anyhow::Result<()> {
     let json = config.json;
-    let (stop, stopped) = watch::channel(false);
+    let (stop, stopped) = shutdown::channel();
     tokio::spawn(async move {
         shutdown_signal().await;
-        let _ = stop.send(true);
+        stop.fire();
     });
     let summary = sim::run(config, stopped).await?;
     print!("{}", summary.table());
@@ -112,10 +115,10 @@ async fn demo(config: DemoConfig) -> anyhow::Result<()> {
     city.think_time_ms = 1_500;
     city.duration = std::time::Duration::from_secs(100 * 365 * 24 * 3_600);
     city.drain = std::time::Duration::ZERO;
-    let (stop, stopped) = watch::channel(false);
+    let (stop, stopped) = shutdown::channel();
     let simulation = tokio::spawn(sim::run(city, stopped));
     shutdown_signal().await;
-    let _ = stop.send(true);
+    stop.fire();
     let summary = simulation.await??;
     print!("{}", summary.table());
     server.shutdown().await

@@ -1,27 +1,18 @@
-//! Prometheus metrics, served at `/metrics` in the text exposition format.
+//! Prometheus metrics, served at `/metrics` in the OpenMetrics text format. Counters count
+//! what *this node* did (a trip transition is counted by the node that committed it), so
+//! summing over the nodes of a cluster gives the cluster's totals.
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue, text::encode},
+    encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(
-    non_camel_case_types,
-    reason = "label values are written as they appear on /metrics"
-)]
-pub enum OfferOutcome {
-    made,
-    accepted,
-    declined,
-    expired,
-    withdrawn,
-}
+use crate::protocol::operators::OfferOutcome;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OfferLabels {
-    pub outcome: OfferOutcome,
+    pub outcome: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,6 +30,16 @@ pub struct Metrics {
     pub drivers_online: Gauge,
     pub sockets_open: Gauge,
     pub driver_messages_dropped: Counter,
+    /// 1 while this node holds the dispatch lease.
+    pub dispatch_leader: Gauge,
+    /// The lease epoch this node last saw (as leader or standby).
+    pub dispatch_epoch: Gauge,
+    pub bus_published: Counter,
+    pub bus_received: Counter,
+    /// Notes not published because the outbox was full (the bus is down or slow).
+    pub bus_dropped: Counter,
+    /// Seconds between a note's sending and its receipt here.
+    pub bus_lag: Histogram,
 }
 
 impl Metrics {
@@ -85,6 +86,44 @@ impl Metrics {
             "Messages to a driver socket dropped because its queue was full",
             driver_messages_dropped.clone(),
         );
+        let dispatch_leader = Gauge::default();
+        registry.register(
+            "dispatch_leader",
+            "1 while this node holds the dispatch lease",
+            dispatch_leader.clone(),
+        );
+        let dispatch_epoch = Gauge::default();
+        registry.register(
+            "dispatch_epoch",
+            "The dispatch lease epoch as this node last saw it",
+            dispatch_epoch.clone(),
+        );
+        let bus_published = Counter::default();
+        registry.register(
+            "bus_published",
+            "Notes published on the bus",
+            bus_published.clone(),
+        );
+        let bus_received = Counter::default();
+        registry.register(
+            "bus_received",
+            "Notes received from other nodes",
+            bus_received.clone(),
+        );
+        let bus_dropped = Counter::default();
+        registry.register(
+            "bus_dropped",
+            "Notes dropped because the bus outbox was full",
+            bus_dropped.clone(),
+        );
+        let bus_lag = Histogram::new([
+            0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
+        ]);
+        registry.register(
+            "bus_lag_seconds",
+            "Time from a note's sending on another node to its receipt here",
+            bus_lag.clone(),
+        );
         Metrics {
             registry,
             location_pings,
@@ -94,11 +133,21 @@ impl Metrics {
             drivers_online,
             sockets_open,
             driver_messages_dropped,
+            dispatch_leader,
+            dispatch_epoch,
+            bus_published,
+            bus_received,
+            bus_dropped,
+            bus_lag,
         }
     }
 
     pub fn offer(&self, outcome: OfferOutcome) {
-        self.offers.get_or_create(&OfferLabels { outcome }).inc();
+        self.offers
+            .get_or_create(&OfferLabels {
+                outcome: outcome.as_str(),
+            })
+            .inc();
     }
 
     pub fn transition(&self, event: &'static str) {

@@ -1,12 +1,10 @@
-//! Wiring: builds the shared state, recovers open trips, starts the background tasks and
-//! serves HTTP until shutdown. `start` is what `hail serve`, `hail demo` and the tests call.
+//! Wiring: builds the parts around an open store, starts the background tasks and serves
+//! HTTP until shutdown. [`start`] is what `hail serve`, `hail demo` and the tests call.
+//!
+//! The tasks of a node: the dispatch loop (leading or standing by), the lease keeper, the
+//! fleet sweeper, and — in a cluster — the bus receiver and the fleet publisher.
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::{
@@ -17,64 +15,23 @@ use tokio::{
 };
 
 use crate::{
+    auth::Authenticator,
+    bus::{Bus, FLEET_BATCH},
+    cluster::{self, LeaseKeeper, Node},
     config::ServerConfig,
-    dispatch::Dispatcher,
-    fleet::FleetIndex,
-    hub::{Hub, WithdrawReason},
+    dispatch::DispatchLoop,
+    fleet::Fleet,
+    gateway::{self, App, AppState},
+    hub::Hub,
+    ids::new_token,
     metrics::Metrics,
-    store::{self, Role, Store},
-    trip::Tariff,
+    rides::Rides,
+    shutdown::{self, Shutdown, Trigger},
+    store::Store,
 };
 
-/// Most cached token → account entries; the cache is cleared when it fills. Tokens never
-/// change owner, so a cached answer cannot go wrong, only old.
-const AUTH_CACHE_ENTRIES: usize = 100_000;
-
-/// Everything a request handler or socket task needs. Cloned per request: an `Arc`.
-pub type AppState = Arc<Shared>;
-
-pub struct Shared {
-    pub config: ServerConfig,
-    pub store: Store,
-    /// std `Mutex`: every critical section is a few map/tree operations and never awaits;
-    /// the ping path holds it for well under a microsecond.
-    pub fleet: Arc<Mutex<FleetIndex>>,
-    pub dispatcher: Arc<Dispatcher>,
-    pub hub: Arc<Hub>,
-    pub metrics: Arc<Metrics>,
-    pub tariff: Tariff,
-    operator_token_hash: String,
-    auth_cache: Mutex<HashMap<String, (String, Role)>>,
-    /// Caps open WebSockets (`HAIL_MAX_SOCKETS`); a socket holds a permit while open.
-    pub sockets: Arc<Semaphore>,
-    /// Flips to `true` once at shutdown; socket tasks close when they see it.
-    pub shutdown: watch::Receiver<bool>,
-}
-
-impl Shared {
-    /// The account a bearer token belongs to.
-    pub async fn authenticate(
-        &self,
-        token: &str,
-    ) -> Result<Option<(String, Role)>, store::StoreError> {
-        let hash = store::token_hash(token);
-        if hash == self.operator_token_hash {
-            return Ok(Some(("operator".to_string(), Role::Operator)));
-        }
-        if let Some(found) = self.auth_cache.lock().unwrap().get(&hash) {
-            return Ok(Some(found.clone()));
-        }
-        let found = self.store.authenticate(token).await?;
-        if let Some(found) = &found {
-            let mut cache = self.auth_cache.lock().unwrap();
-            if cache.len() >= AUTH_CACHE_ENTRIES {
-                cache.clear();
-            }
-            cache.insert(hash, found.clone());
-        }
-        Ok(found)
-    }
-}
+/// How often drivers past their grace period are swept and silent nodes forgotten.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// A running server.
 pub struct Server {
@@ -82,17 +39,56 @@ pub struct Server {
     pub operator_token: String,
     /// Whether the operator token was generated (and should be shown to the operator).
     pub operator_token_generated: bool,
-    pub state: AppState,
-    shutdown: watch::Sender<bool>,
+    pub app: AppState,
+    trigger: Trigger,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Server {
-    /// Stops accepting, closes sockets, lets in-flight requests finish, closes the store.
+    /// Stops accepting, closes sockets, lets in-flight requests finish, hands the dispatch
+    /// lease over, closes the store.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        let _ = self.shutdown.send(true);
+        self.trigger.fire();
         self.task.await.context("server task panicked")?
     }
+}
+
+/// Builds a node's parts around an open store and its bus. Nothing runs yet: [`start`]
+/// spawns the loop and the tasks; tests that drive time by hand drive the loop themselves.
+pub fn assemble(
+    config: &ServerConfig,
+    store: Store,
+    bus: Bus,
+    metrics: Arc<Metrics>,
+) -> (Arc<Rides>, DispatchLoop) {
+    let fleet = Arc::new(Fleet::new(
+        Duration::from_millis(config.dispatch.stale_after_ms),
+        bus.is_clustered(),
+    ));
+    let hub = Arc::new(Hub::new(
+        Duration::from_millis(config.dispatch.driver_location_interval_ms),
+        metrics.driver_messages_dropped.clone(),
+    ));
+    let (dispatcher, inbox) = DispatchLoop::channel();
+    let rides = Arc::new(Rides::new(
+        store.clone(),
+        fleet.clone(),
+        dispatcher,
+        hub,
+        bus,
+        metrics.clone(),
+        config.dispatch.clone(),
+        config.tariff.tariff(),
+    ));
+    let dispatch = DispatchLoop::new(
+        &config.dispatch,
+        inbox,
+        store,
+        fleet,
+        rides.clone(),
+        metrics,
+    );
+    (rides, dispatch)
 }
 
 pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
@@ -104,38 +100,71 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     )
     .await
     .with_context(|| format!("opening the store at {}", redact(&config.database_url)))?;
-
-    let (operator_token, operator_token_generated) = match &config.operator_token {
-        Some(token) => (token.clone(), false),
-        None => (store::new_token(), true),
-    };
-    let (shutdown_sender, shutdown) = watch::channel(false);
-    let state = assemble(&config, store, &operator_token, shutdown.clone());
-    let dispatcher = state.dispatcher.clone();
-    let recovered = dispatcher
-        .recover(Instant::now())
-        .await
-        .context("recovering open trips")?;
-
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, store = state.store.backend(), recovered_trips = recovered, "hail serving");
+    let node = Node::new(&config.cluster, addr);
+    let (operator_token, operator_token_generated) = match &config.operator_token {
+        Some(token) => (token.clone(), false),
+        None => (new_token(), true),
+    };
+    let (trigger, shutdown) = shutdown::channel();
+    let metrics = Arc::new(Metrics::new());
+    let (bus, bus_inbox) = match &config.cluster.bus_url {
+        Some(urls) => {
+            let (bus, inbox) =
+                Bus::connect(urls, &node.id, metrics.clone(), shutdown.clone()).await?;
+            (bus, Some(inbox))
+        }
+        None => (Bus::none(&node.id, metrics.clone()), None),
+    };
+    let single = bus_inbox.is_none();
+    let (rides, dispatch) = assemble(&config, store.clone(), bus, metrics.clone());
 
-    let dispatch_task = tokio::spawn(dispatcher.run(shutdown.clone()));
-    let sweeper_task = tokio::spawn(sweep_offline_drivers(state.clone(), shutdown.clone()));
-    let app = crate::http::router(state.clone());
-    let task_state = state.clone();
-    let mut stop = shutdown.clone();
+    let (leadership, following) = watch::channel(None);
+    let mut tasks = vec![
+        tokio::spawn(dispatch.run(following, shutdown.clone())),
+        tokio::spawn(cluster::keep_lease(
+            LeaseKeeper {
+                store: store.clone(),
+                node: node.clone(),
+                config: config.cluster.clone(),
+                single,
+                fleet: rides.fleet.clone(),
+                metrics: metrics.clone(),
+            },
+            leadership,
+            shutdown.clone(),
+        )),
+        tokio::spawn(sweep(rides.clone(), shutdown.clone())),
+    ];
+    if let Some(inbox) = bus_inbox {
+        tasks.push(tokio::spawn(receive(rides.clone(), inbox)));
+        tasks.push(tokio::spawn(publish_fleet(rides.clone(), shutdown.clone())));
+    }
+
+    tracing::info!(%addr, node = %node.id, store = store.backend(),
+        bus = config.cluster.bus_url.is_some(), "hail serving");
+    let app = Arc::new(App {
+        auth: Authenticator::new(store.clone(), &operator_token),
+        sockets: Arc::new(Semaphore::new(config.max_sockets)),
+        config,
+        node,
+        rides,
+        shutdown: shutdown.clone(),
+    });
+    let router = gateway::router(app.clone());
+    let mut stop = shutdown;
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stopping(&mut stop).await })
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.wait().await })
             .await
             .context("serving HTTP")?;
-        let _ = dispatch_task.await;
-        let _ = sweeper_task.await;
-        task_state.store.close().await;
+        for task in tasks {
+            let _ = task.await;
+        }
+        store.close().await;
         tracing::info!("hail stopped");
         Ok(())
     });
@@ -143,76 +172,44 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
         addr,
         operator_token,
         operator_token_generated,
-        state,
-        shutdown: shutdown_sender,
+        app,
+        trigger,
         task,
     })
 }
 
-/// Builds the shared state around an open store: fleet, hub, dispatcher, metrics.
-/// Nothing runs yet — [`start`] recovers open trips and starts the tasks; tests that drive
-/// time by hand call the parts themselves.
-pub fn assemble(
-    config: &ServerConfig,
-    store: Store,
-    operator_token: &str,
-    shutdown: watch::Receiver<bool>,
-) -> AppState {
-    let metrics = Arc::new(Metrics::new());
-    let hub = Arc::new(Hub::new(metrics.driver_messages_dropped.clone()));
-    let stale_after = Duration::from_millis(config.dispatch.stale_after_ms);
-    let fleet = Arc::new(Mutex::new(FleetIndex::new(stale_after)));
-    let dispatcher = Arc::new(Dispatcher::new(
-        config.dispatch.clone(),
-        fleet.clone(),
-        store.clone(),
-        hub.clone(),
-        metrics.clone(),
-    ));
-    Arc::new(Shared {
-        tariff: config.tariff.tariff(),
-        sockets: Arc::new(Semaphore::new(config.max_sockets)),
-        config: config.clone(),
-        store,
-        fleet,
-        dispatcher,
-        hub,
-        metrics,
-        operator_token_hash: store::token_hash(operator_token),
-        auth_cache: Mutex::default(),
-        shutdown,
-    })
-}
-
-/// Resolves once shutdown has begun (at once if it already has).
-pub async fn stopping(shutdown: &mut watch::Receiver<bool>) {
-    // An error means the sender is gone, which only happens once the server is gone too.
-    let _ = shutdown.wait_for(|stopped| *stopped).await;
-}
-
-/// Drivers whose socket dropped and who stayed silent past the grace period go offline.
-async fn sweep_offline_drivers(state: AppState, mut shutdown: watch::Receiver<bool>) {
-    let offline_after = Duration::from_millis(state.config.dispatch.offline_after_ms);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+/// Drivers whose socket dropped and who stayed silent past the grace period go offline;
+/// nodes silent on the bus lose their drivers' sockets.
+async fn sweep(rides: Arc<Rides>, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stopping(&mut shutdown) => return,
+            _ = shutdown.wait() => return,
         }
-        let (gone, online) = {
-            let mut fleet = state.fleet.lock().unwrap();
-            let gone = fleet.sweep_offline(Instant::now(), offline_after);
-            (gone, fleet.len())
-        };
-        for driver_id in &gone {
-            state.dispatcher.withdraw_offer_of(
-                driver_id,
-                WithdrawReason::Cancelled,
-                Instant::now(),
-            );
-            tracing::debug!(%driver_id, "driver offline after grace period");
+        let now = Instant::now();
+        rides.sweep_offline_drivers(now);
+        rides.forget_silent_nodes(now);
+    }
+}
+
+/// Applies what the other nodes publish. Ends when the bus does (at shutdown).
+async fn receive(rides: Arc<Rides>, mut inbox: tokio::sync::mpsc::Receiver<crate::bus::Envelope>) {
+    while let Some(envelope) = inbox.recv().await {
+        rides.receive(envelope, Instant::now());
+    }
+}
+
+/// Publishes the drivers this node holds that changed, every batch (also when none did:
+/// it is this node's heartbeat on the bus).
+async fn publish_fleet(rides: Arc<Rides>, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(FLEET_BATCH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => rides.publish_fleet(Instant::now()),
+            _ = shutdown.wait() => return,
         }
-        state.metrics.drivers_online.set(online as i64);
     }
 }
 

@@ -130,6 +130,43 @@ impl Timestamp {
         Timestamp(since_epoch.as_millis() as i64)
     }
 
+    /// The wall-clock time of a monotonic instant: `Timestamp::at(Instant::now())` is
+    /// `Timestamp::now()`. Code that takes time as a parameter (so tests can drive it by
+    /// hand) derives its wall-clock stamps from that parameter with this, so the two
+    /// clocks never disagree. The anchor between them is re-taken whenever the system's
+    /// wall clock has moved against the monotonic one (NTP steps) by more than 250 ms.
+    pub fn at(instant: tokio::time::Instant) -> Timestamp {
+        static ANCHOR: std::sync::Mutex<Option<(std::time::Instant, i64)>> =
+            std::sync::Mutex::new(None);
+        let (real_now, wall_now) = (std::time::Instant::now(), Timestamp::now().0);
+        let mut anchor = ANCHOR
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (at_instant, at_wall) = match *anchor {
+            Some((at_instant, at_wall))
+                if (at_wall + real_now.duration_since(at_instant).as_millis() as i64
+                    - wall_now)
+                    .abs()
+                    <= 250 =>
+            {
+                (at_instant, at_wall)
+            }
+            _ => {
+                *anchor = Some((real_now, wall_now));
+                (real_now, wall_now)
+            }
+        };
+        drop(anchor);
+        let instant = instant.into_std();
+        let nanos = if instant >= at_instant {
+            instant.duration_since(at_instant).as_nanos() as i128
+        } else {
+            -(at_instant.duration_since(instant).as_nanos() as i128)
+        };
+        // Floor on both sides of the anchor, so equal spans map to equal spans.
+        Timestamp(at_wall + nanos.div_euclid(1_000_000) as i64)
+    }
+
     pub fn millis(self) -> i64 {
         self.0
     }
@@ -190,6 +227,56 @@ pub struct Trip {
     pub updated_at: Timestamp,
 }
 
+/// Who may act: an account's role, or hail itself (dispatch, expiry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Passenger,
+    Driver,
+    Operator,
+    System,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Passenger => "passenger",
+            Role::Driver => "driver",
+            Role::Operator => "operator",
+            Role::System => "system",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        [Role::Passenger, Role::Driver, Role::Operator, Role::System]
+            .into_iter()
+            .find(|role| role.as_str() == text)
+    }
+}
+
+/// Who caused an event: `{"role": "operator", "id": "op_…"}`; hail itself has no id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Actor {
+    pub role: Role,
+    pub id: Option<String>,
+}
+
+impl Actor {
+    pub fn new(role: Role, id: impl Into<String>) -> Actor {
+        Actor {
+            role,
+            id: Some(id.into()),
+        }
+    }
+
+    pub fn system() -> Actor {
+        Actor {
+            role: Role::System,
+            id: None,
+        }
+    }
+}
+
 /// One committed change of a trip, with the trip as it was after it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TripEvent {
@@ -197,6 +284,10 @@ pub struct TripEvent {
     pub seq: i64,
     pub event: EventKind,
     pub at: Timestamp,
+    /// Who caused it.
+    pub actor: Actor,
+    /// Why, when someone said (a cancel's reason), or what the system saw.
+    pub reason: Option<String>,
     pub trip: Trip,
 }
 
@@ -428,6 +519,15 @@ mod tests {
             assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
         }
+    }
+
+    #[test]
+    fn monotonic_instants_map_onto_the_wall_clock() {
+        let now = tokio::time::Instant::now();
+        let wall = Timestamp::at(now);
+        assert!((wall.millis() - Timestamp::now().millis()).abs() < 100);
+        let later = now + std::time::Duration::from_secs(90);
+        assert_eq!(Timestamp::at(later).millis() - wall.millis(), 90_000);
     }
 
     #[test]

@@ -6,31 +6,36 @@
 //! store must agree with the model, every offer must be one the rules allow, and no
 //! waiting trip may lack an offer while some driver could take it.
 //!
-//! Time is driven by hand (every entry point takes `now`), so the deadlines are exact.
+//! Time is driven by hand (every entry point takes `now`; wall-clock stamps derive from
+//! it), so the deadlines are exact — also across crashes.
 
 mod common;
 
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::Duration,
 };
 
 use common::{Backend, fresh_database};
 use hail::{
+    auth::Principal,
+    bus::Bus,
     config::ServerConfig,
+    dispatch::DispatchLoop,
+    error::ErrorCode,
     fleet::DriverStatus,
     geometry::LatLng,
-    hub::{ServerMessage, WithdrawReason},
-    rides::{self, Principal},
-    server::{self, AppState},
-    store::{Role, Store},
-    trip::{Change, TripState},
+    hub::DriverOutbound,
+    metrics::Metrics,
+    protocol::ServerMessage,
+    rides::Rides,
+    server,
+    store::Store,
+    trip::{Change, Role, Timestamp, TripState},
 };
 use proptest::prelude::*;
-use tokio::{
-    sync::{mpsc, watch},
-    time::Instant,
-};
+use tokio::{sync::mpsc, time::Instant};
 
 const DRIVERS: usize = 3;
 const PASSENGERS: usize = 3;
@@ -143,9 +148,9 @@ impl Model {
 
 struct System {
     url: String,
-    state: AppState,
-    _shutdown: watch::Sender<bool>,
-    inboxes: Vec<mpsc::Receiver<ServerMessage>>,
+    rides: Arc<Rides>,
+    dispatch: DispatchLoop,
+    inboxes: Vec<mpsc::Receiver<DriverOutbound>>,
     drivers: Vec<Principal>,
     passengers: Vec<Principal>,
     base: Instant,
@@ -170,54 +175,62 @@ fn driver_position(d: usize) -> LatLng {
 }
 
 impl System {
-    async fn open(url: &str) -> (AppState, watch::Sender<bool>) {
+    /// A node's parts around the store at `url`, as `server::start` builds them but with
+    /// no task running: the test drives the dispatch loop itself.
+    async fn open(url: &str) -> (Arc<Rides>, DispatchLoop) {
         let store = Store::connect(url, 4, Duration::from_secs(10))
             .await
             .expect("store opens");
-        let (shutdown, stopped) = watch::channel(false);
-        (
-            server::assemble(&config(url), store, "model-operator-token", stopped),
-            shutdown,
-        )
+        let metrics = Arc::new(Metrics::new());
+        let bus = Bus::none("model", metrics.clone());
+        server::assemble(&config(url), store, bus, metrics)
+    }
+
+    /// Takes the dispatch lease (a new epoch, as a restarted single node does) and adopts
+    /// what the store holds.
+    async fn lead(&mut self, t: u64) {
+        let now = Timestamp::now();
+        let fence = self
+            .rides
+            .store
+            .acquire_lease("model", now, now.plus_ms(3_600_000), true)
+            .await
+            .unwrap()
+            .expect("forced");
+        self.dispatch.lead(fence, self.now(t)).await.unwrap();
     }
 
     fn now(&self, t: u64) -> Instant {
         self.base + Duration::from_millis(t)
     }
 
-    /// A driver's socket opening: connect, ping, say its status (as `ws` does).
+    /// A driver's socket opening: connect, ping, say its status (as the gateway does).
     async fn connect_driver(&mut self, d: usize, available: bool, t: u64) {
         let id = self.drivers[d].id.clone();
-        let trip = self
-            .state
-            .store
-            .active_trip_of_driver(&id)
-            .await
-            .unwrap()
-            .map(|t| t.id);
         let now = self.now(t);
-        let mut fleet = self.state.fleet.lock().unwrap();
-        fleet.connect(&id, trip, now);
-        fleet.ping(&id, driver_position(d), None, now);
+        self.inboxes[d] = self.rides.hub.register_driver(&id).1;
+        let trip = self.rides.driver_trip(&id).await.unwrap();
+        self.rides.driver_connected(&id, trip, now);
+        let position = driver_position(d);
+        self.rides
+            .location(&id, position.lat(), position.lng(), None, now)
+            .unwrap();
         let status = if available {
             DriverStatus::Available
         } else {
             DriverStatus::Offline
         };
-        fleet.set_status(&id, status, now);
-        drop(fleet);
-        self.inboxes[d] = self.state.hub.register_driver(&id).1;
-        self.state.dispatcher.driver_available();
+        self.rides.status(&id, status, now);
     }
 }
 
 async fn run_model(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let url = fresh_database(backend, &dir).await;
-    let (state, shutdown) = System::open(&url).await;
+    let (rides, dispatch) = System::open(&url).await;
     let mut drivers = Vec::new();
     for d in 0..DRIVERS {
-        let account = state
+        let account = rides
             .store
             .create_account(Role::Driver, &format!("d{d}"), Some("12가3456"))
             .await
@@ -229,7 +242,7 @@ async fn run_model(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> 
     }
     let mut passengers = Vec::new();
     for p in 0..PASSENGERS {
-        let account = state
+        let account = rides
             .store
             .create_account(Role::Passenger, &format!("p{p}"), None)
             .await
@@ -241,8 +254,8 @@ async fn run_model(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> 
     }
     let mut system = System {
         url,
-        state,
-        _shutdown: shutdown,
+        rides,
+        dispatch,
         inboxes: (0..DRIVERS).map(|_| mpsc::channel(1).1).collect(),
         drivers,
         passengers,
@@ -252,6 +265,7 @@ async fn run_model(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> 
         available: [true; DRIVERS],
         ..Model::default()
     };
+    system.lead(0).await;
     for d in 0..DRIVERS {
         system.connect_driver(d, true, 0).await;
     }
@@ -259,22 +273,22 @@ async fn run_model(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> 
     for (step, op) in ops.iter().enumerate() {
         let context = format!("step {step}: {op:?}");
         let now = system.now(model.t);
-        let state = system.state.clone();
+        let rides = system.rides.clone();
         match *op {
             Op::Request(p) => {
-                let result = rides::request(
-                    &state,
-                    &system.passengers[p],
-                    pickup(),
-                    pickup().destination(90.0, 3_000.0),
-                    None,
-                    now,
-                )
-                .await;
+                let result = rides
+                    .request(
+                        &system.passengers[p],
+                        pickup(),
+                        pickup().destination(90.0, 3_000.0),
+                        None,
+                        now,
+                    )
+                    .await;
                 match model.open_trip_of_passenger(p) {
                     Some(_) => {
                         let error = result.expect_err(&context);
-                        prop_assert_eq!(error.code, "active_trip_exists", "{}", context);
+                        prop_assert_eq!(error.code, ErrorCode::ActiveTripExists, "{}", context);
                     }
                     None => {
                         let trip =
@@ -293,7 +307,7 @@ async fn run_model(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> 
             }
             Op::Step(ms) => {
                 model.t += ms;
-                system.state.dispatcher.step(system.now(model.t)).await;
+                system.dispatch.step(system.now(model.t)).await;
                 // Lapsed offers: the driver is excluded from that trip.
                 let lapsed: Vec<usize> = model
                     .offers
@@ -329,10 +343,7 @@ async fn run_model(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> 
                         false,
                     ),
                 };
-                let result = state
-                    .dispatcher
-                    .accept(&offer_id, &system.drivers[d].id, now)
-                    .await;
+                let result = rides.accept(&system.drivers[d], &offer_id, now).await;
                 prop_assert_eq!(
                     result.is_ok(),
                     predicted,
@@ -340,29 +351,27 @@ async fn run_model(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> 
                     context,
                     result.as_ref().err()
                 );
-                if let Ok(event) = result {
-                    let trip = model.offers[&d].trip;
-                    model.withdraw(d);
-                    let t = &mut model.trips[trip];
-                    (t.state, t.driver, t.seq) = (TripState::Accepted, Some(d), t.seq + 1);
-                    prop_assert_eq!(event.trip.id.as_str(), t.id.as_str());
-                } else if let Err(error) = result {
-                    prop_assert!(
-                        matches!(error.status.as_u16(), 404 | 409),
+                match result {
+                    Ok(trip_after) => {
+                        let trip = model.offers[&d].trip;
+                        model.withdraw(d);
+                        let t = &mut model.trips[trip];
+                        (t.state, t.driver, t.seq) = (TripState::Accepted, Some(d), t.seq + 1);
+                        prop_assert_eq!(trip_after.id.as_str(), t.id.as_str());
+                    }
+                    Err(error) => prop_assert!(
+                        matches!(error.status().as_u16(), 404 | 409),
                         "{}: {}",
                         context,
                         error
-                    );
+                    ),
                 }
             }
             Op::Decline(d) => {
                 let Some(offer) = model.offers.get(&d).cloned() else {
                     continue;
                 };
-                let result = state
-                    .dispatcher
-                    .decline(&offer.id, &system.drivers[d].id, now)
-                    .await;
+                let result = rides.decline(&system.drivers[d], &offer.id, now).await;
                 prop_assert_eq!(
                     result.is_ok(),
                     offer.expires > model.t,
@@ -379,14 +388,14 @@ async fn run_model(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> 
                 let Some(trip) = model.trips.iter().rposition(|t| t.passenger == p) else {
                     continue;
                 };
-                let result = rides::cancel(
-                    &state,
-                    &system.passengers[p],
-                    &model.trips[trip].id.clone(),
-                    None,
-                    now,
-                )
-                .await;
+                let result = rides
+                    .cancel(
+                        &system.passengers[p],
+                        &model.trips[trip].id.clone(),
+                        None,
+                        now,
+                    )
+                    .await;
                 let allowed = matches!(
                     model.trips[trip].state,
                     TripState::Requested | TripState::Accepted | TripState::Arrived
@@ -408,14 +417,9 @@ async fn run_model(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> 
                 let Some(trip) = model.active_trip_of_driver(d) else {
                     continue;
                 };
-                let result = rides::cancel(
-                    &state,
-                    &system.drivers[d],
-                    &model.trips[trip].id.clone(),
-                    None,
-                    now,
-                )
-                .await;
+                let result = rides
+                    .cancel(&system.drivers[d], &model.trips[trip].id.clone(), None, now)
+                    .await;
                 let t = &mut model.trips[trip];
                 let allowed = matches!(t.state, TripState::Accepted | TripState::Arrived);
                 prop_assert_eq!(
@@ -439,17 +443,14 @@ async fn run_model(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> 
                 let driver = &system.drivers[d];
                 let (result, next) = match model.trips[trip].state {
                     TripState::Accepted => (
-                        rides::driver_step(&state, driver, &id, Change::Arrive).await,
+                        rides.driver_step(driver, &id, Change::Arrive, now).await,
                         TripState::Arrived,
                     ),
                     TripState::Arrived => (
-                        rides::driver_step(&state, driver, &id, Change::Start).await,
+                        rides.driver_step(driver, &id, Change::Start, now).await,
                         TripState::InProgress,
                     ),
-                    _ => (
-                        rides::complete(&state, driver, &id).await,
-                        TripState::Completed,
-                    ),
+                    _ => (rides.complete(driver, &id, now).await, TripState::Completed),
                 };
                 let after = result.map_err(|e| TestCaseError::fail(format!("{context}: {e}")))?;
                 prop_assert_eq!(after.state, next);
@@ -457,62 +458,38 @@ async fn run_model(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> 
                 (t.state, t.seq) = (next, t.seq + 1);
             }
             Op::Offline(d) => {
-                let id = &system.drivers[d].id;
-                state
-                    .fleet
-                    .lock()
-                    .unwrap()
-                    .set_status(id, DriverStatus::Offline, now);
-                state
-                    .dispatcher
-                    .withdraw_offer_of(id, WithdrawReason::Cancelled, now);
+                rides.status(&system.drivers[d].id, DriverStatus::Offline, now);
                 model.available[d] = false;
                 model.withdraw(d);
             }
             Op::Online(d) => {
                 let id = &system.drivers[d].id;
-                let mut fleet = state.fleet.lock().unwrap();
-                fleet.set_status(id, DriverStatus::Available, now);
-                fleet.ping(id, driver_position(d), None, now);
-                drop(fleet);
-                state.dispatcher.driver_available();
+                rides.status(id, DriverStatus::Available, now);
+                let position = driver_position(d);
+                rides
+                    .location(id, position.lat(), position.lng(), None, now)
+                    .unwrap();
                 model.available[d] = true;
                 model.last_ping[d] = model.t;
             }
             Op::Crash => {
-                // Everything in memory is lost; the store is what remains.
+                // Everything in memory is lost; the store is what remains. Open offers
+                // are rows: the restarted node adopts them, deadlines and all, and every
+                // deadline counts in the time the test drives.
                 let url = system.url.clone();
-                system.state.store.close().await;
-                let (state, shutdown) = System::open(&url).await;
-                system.state = state;
-                system._shutdown = shutdown;
-                system
-                    .state
-                    .dispatcher
-                    .recover(system.now(model.t))
-                    .await
-                    .unwrap();
-                // Offers die with the process. A recovered trip's deadline counts from its
-                // last change in wall-clock time, which this test does not advance: here
-                // that is "now".
+                system.rides.store.close().await;
+                (system.rides, system.dispatch) = System::open(&url).await;
                 for d in 0..DRIVERS {
-                    model.withdraw(d);
                     system.connect_driver(d, model.available[d], model.t).await;
                     model.last_ping[d] = model.t;
                 }
-                for t in model
-                    .trips
-                    .iter_mut()
-                    .filter(|t| t.state == TripState::Requested)
-                {
-                    t.deadline = model.t + DEADLINE_MS;
-                }
+                system.lead(model.t).await;
             }
         }
         // Offers only run in dispatch passes; make one (without moving time) after every
         // operation, as the dispatch loop would when woken.
         if !matches!(op, Op::Step(_)) {
-            system.state.dispatcher.step(system.now(model.t)).await;
+            system.dispatch.step(system.now(model.t)).await;
         }
         check(&mut system, &mut model, &context).await?;
     }
@@ -522,8 +499,8 @@ async fn run_model(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> 
 /// Reads what the system told the drivers and compares the store with the model.
 async fn check(system: &mut System, model: &mut Model, context: &str) -> Result<(), TestCaseError> {
     for d in 0..DRIVERS {
-        while let Ok(message) = system.inboxes[d].try_recv() {
-            match message {
+        while let Ok(DriverOutbound::Send(message)) = system.inboxes[d].try_recv() {
+            match *message {
                 ServerMessage::Offer(offer) => {
                     let trip = model.trips.iter().position(|t| t.id == offer.trip_id);
                     let trip = trip.ok_or_else(|| {
@@ -557,24 +534,17 @@ async fn check(system: &mut System, model: &mut Model, context: &str) -> Result<
             }
         }
     }
+    let store = &system.rides.store;
     // The store agrees with the model, trip by trip.
     for t in &model.trips {
-        let stored = system
-            .state
-            .store
-            .trip(&t.id)
-            .await
-            .unwrap()
-            .expect("trip stored");
+        let stored = store.trip(&t.id).await.unwrap().expect("trip stored");
         let driver = t.driver.map(|d| system.drivers[d].id.clone());
         prop_assert_eq!(stored.state, t.state, "{}: trip {}", context, t.id);
         prop_assert_eq!(stored.seq, t.seq, "{}: trip {}", context, t.id);
         if t.state.has_driver() {
             prop_assert_eq!(stored.driver_id, driver, "{}: trip {}", context, t.id);
         }
-        let seqs: Vec<i64> = system
-            .state
-            .store
+        let seqs: Vec<i64> = store
             .events_after(&t.id, 0)
             .await
             .unwrap()
@@ -589,6 +559,18 @@ async fn check(system: &mut System, model: &mut Model, context: &str) -> Result<
             t.id
         );
     }
+    // The offers the store holds open are the model's.
+    let mut open: Vec<String> = store
+        .open_offers()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|record| record.offer.id)
+        .collect();
+    let mut expected: Vec<String> = model.offers.values().map(|o| o.id.clone()).collect();
+    open.sort();
+    expected.sort();
+    prop_assert_eq!(open, expected, "{}: open offers", context);
     // Liveness: a waiting trip without an offer has no driver that could take it.
     for (trip, t) in model.trips.iter().enumerate() {
         if t.state == TripState::Requested && !model.offers.values().any(|o| o.trip == trip) {
@@ -605,10 +587,8 @@ async fn check(system: &mut System, model: &mut Model, context: &str) -> Result<
     // Invariant 1, as the fleet sees it.
     for d in 0..DRIVERS {
         let view = system
-            .state
+            .rides
             .fleet
-            .lock()
-            .unwrap()
             .view(&system.drivers[d].id, system.now(model.t))
             .unwrap();
         prop_assert_eq!(

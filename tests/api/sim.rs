@@ -1,13 +1,15 @@
 //! `hail sim` against a real server: what the simulator reports agrees with what the
 //! server's API says happened.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
-use hail::sim::{self, SimConfig};
-use tokio::sync::watch;
+use hail::{
+    shutdown,
+    sim::{self, SimConfig},
+    trip::TripState,
+};
+
+use crate::common::*;
 
 async fn the_simulators_summary_matches_the_server(backend: Backend) {
     let server = TestServer::start_with(backend, |c| {
@@ -25,7 +27,7 @@ async fn the_simulators_summary_matches_the_server(backend: Backend) {
     city.think_time_ms = 100;
     city.seed = 7;
     city.quiet = true;
-    let (_stop, stopped) = watch::channel(false);
+    let (_stop, stopped) = shutdown::channel();
     let summary = sim::run(city, stopped).await.expect("the simulation runs");
     eprintln!("{}", summary.table());
 
@@ -46,18 +48,37 @@ async fn the_simulators_summary_matches_the_server(backend: Backend) {
         "{summary:?}"
     );
 
-    let (_, snapshot) = server.get("/v1/ops/snapshot", OPERATOR_TOKEN).await;
-    let trips = snapshot["trips"].as_array().unwrap();
-    let count = |state: &str| trips.iter().filter(|t| t["state"] == state).count() as u64;
-    assert_eq!(trips.len() as u64, summary.trips_requested, "{summary:?}");
-    assert_eq!(count("completed"), summary.trips_completed, "{summary:?}");
-    assert_eq!(count("expired"), summary.trips_expired, "{summary:?}");
-    assert_eq!(count("cancelled"), summary.trips_cancelled, "{summary:?}");
-    assert_eq!(snapshot["stats"]["drivers_online"], 12);
+    let snapshot = server.snapshot().await;
+    let count = |state| snapshot.trips.iter().filter(|t| t.state == state).count() as u64;
+    assert_eq!(
+        snapshot.trips.len() as u64,
+        summary.trips_requested,
+        "{summary:?}"
+    );
+    assert_eq!(
+        count(TripState::Completed),
+        summary.trips_completed,
+        "{summary:?}"
+    );
+    assert_eq!(
+        count(TripState::Expired),
+        summary.trips_expired,
+        "{summary:?}"
+    );
+    assert_eq!(
+        count(TripState::Cancelled),
+        summary.trips_cancelled,
+        "{summary:?}"
+    );
+    assert_eq!(snapshot.stats.drivers_online, 12);
     // Completed rides were paid for by the distance driven.
-    for trip in trips.iter().filter(|t| t["state"] == "completed") {
-        assert!(trip["fare"]["amount"].as_i64().unwrap() >= 4_800, "{trip}");
+    for trip in snapshot
+        .trips
+        .iter()
+        .filter(|t| t.state == TripState::Completed)
+    {
+        assert!(trip.fare.as_ref().unwrap().amount >= 4_800, "{trip:?}");
     }
 }
 
-on_both_stores!(the_simulators_summary_matches_the_server);
+crate::on_both_stores!(the_simulators_summary_matches_the_server);

@@ -1,28 +1,25 @@
 //! The store under stress: outages, SERIALIZABLE isolation, several nodes migrating at
 //! once. Same behaviour and the same error codes on SQLite and PostgreSQL.
 
-mod common;
-
-use common::*;
+use hail::{
+    error::ErrorCode,
+    protocol::rest::{DependencyState, Readiness, TripRequest},
+    trip::{EventKind, Trip, TripState},
+};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
+
+use crate::common::*;
 
 /// Polls `/readyz` until it answers `want`, within the patience bound.
-async fn ready_becomes(server: &TestServer, want: StatusCode) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let (status, _) = server
-            .request(reqwest::Method::GET, "/readyz", None, None)
+async fn ready_becomes(server: &Client, want: StatusCode) -> Readiness {
+    eventually("readiness", || async {
+        let reply = server
+            .call(reqwest::Method::GET, "/readyz", None, None::<&()>)
             .await;
-        if status == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/readyz never answered {want}"
-        );
-        tokio::task::yield_now().await;
-    }
+        (reply.status == want).then(|| reply.expect(want))
+    })
+    .await
 }
 
 async fn store_outage_answers_503_and_recovers(backend: Backend) {
@@ -38,14 +35,8 @@ async fn store_outage_answers_503_and_recovers(backend: Backend) {
         config.database_url = through_port(&config.database_url, gate.port);
     }
     config.db_acquire_timeout_ms = 300;
-    let server = hail::server::start(config).await.unwrap();
-    let store = server.state.store.clone();
-    let server = TestServer {
-        base: format!("http://{}", server.addr),
-        server: Some(server),
-        http: reqwest::Client::new(),
-        dir,
-    };
+    let server = TestServer::from_config(config, dir).await;
+    let store = server.app().rides.store.clone();
     let outage = |down: bool| match &gate {
         Some(gate) if down => gate.shut(),
         Some(gate) => gate.reopen(),
@@ -58,78 +49,81 @@ async fn store_outage_answers_503_and_recovers(backend: Backend) {
     let trip = server
         .request_trip(&passenger, gangnam(), city_hall())
         .await;
-    let trip_id = trip["id"].as_str().unwrap();
-    let offer = driver_ws.next_of("offer").await;
+    let offer = driver_ws.offer().await;
     ready_becomes(&server, StatusCode::OK).await;
 
     outage(true);
-    ready_becomes(&server, StatusCode::SERVICE_UNAVAILABLE).await;
-    let (status, body) = server
-        .request(reqwest::Method::GET, "/readyz", None, None)
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable"))
-    );
-    let attempts: Vec<(StatusCode, Value)> = vec![
+    let readiness = ready_becomes(&server, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(readiness.store, DependencyState::Unavailable);
+    let attempts = [
         server
             .post(
                 "/v1/trips",
                 &waiting.token,
-                json!({"pickup": gangnam(), "dropoff": city_hall()}),
+                &TripRequest {
+                    pickup: gangnam(),
+                    dropoff: city_hall(),
+                },
             )
             .await,
         server.answer(&driver, &offer, "accept").await,
         server
             .post(
-                &format!("/v1/trips/{trip_id}/cancel"),
+                &format!("/v1/trips/{}/cancel", trip.id),
                 &passenger.token,
-                json!({}),
+                &json!({}),
             )
             .await,
         server
-            .request(
+            .call(
                 reqwest::Method::POST,
                 "/v1/passengers",
                 None,
-                Some(json!({"name": "x"})),
+                Some(&json!({"name": "x"})),
             )
             .await,
     ];
-    for (status, body) in &attempts {
-        assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-        assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    for reply in &attempts {
+        assert_eq!(
+            reply.error(StatusCode::SERVICE_UNAVAILABLE),
+            ErrorCode::Unavailable
+        );
     }
 
     outage(false);
     ready_becomes(&server, StatusCode::OK).await;
     // Nothing that was refused happened; everything acknowledged is there.
-    let (status, again) = server
-        .get(&format!("/v1/trips/{trip_id}"), &passenger.token)
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(again["state"], "requested");
-    assert_eq!(server.events(trip_id, &passenger.token, 0).await.len(), 1);
-    let (_, snapshot) = server.get("/v1/ops/snapshot", OPERATOR_TOKEN).await;
-    assert_eq!(snapshot["trips"].as_array().unwrap().len(), 1);
-    // And service resumes without a restart: the trip is dispatched again and accepted.
+    assert_eq!(
+        server.trip(&trip.id, &passenger.token).await.state,
+        TripState::Requested
+    );
+    assert_eq!(server.events(&trip.id, &passenger.token, 0).await.len(), 1);
+    assert_eq!(server.snapshot().await.trips.len(), 1);
+    // And service resumes without a restart: the open offer still stands (or a new one
+    // comes), and a new trip is dispatched too.
+    let accepted: Trip = server.answer(&driver, &offer, "accept").await.ok();
+    assert_eq!(accepted.id, trip.id);
+    server.step(&driver, &trip.id, "cancel").await.ok::<Trip>();
     let second = server
         .request_trip(&waiting, near_gangnam(50.0), city_hall())
         .await;
-    assert_eq!(second["state"], "requested");
-    let offer = driver_ws.next_of("offer").await;
-    let (status, body) = server.answer(&driver, &offer, "accept").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(second.state, TripState::Requested);
+    let offer = driver_ws.offer().await;
+    assert!(
+        offer.trip_id == second.id || offer.trip_id == trip.id,
+        "{offer:?}"
+    );
+    server.answer(&driver, &offer, "accept").await.ok::<Trip>();
 }
 
 /// Many clients race on the same trips under SERIALIZABLE isolation (PostgreSQL-wire
 /// distributed databases run nothing else): every answer is a success or a conflict,
 /// never a server error, and each trip ends with one story and gapless seqs.
 async fn racing_clients_under_serializable_isolation(backend: Backend) {
-    let server = TestServer::start_with(backend, |_| {}).await;
+    let server = TestServer::start(backend).await;
     if backend == Backend::Postgres {
         use sqlx::Connection;
-        let url = &server.server.as_ref().unwrap().state.config.database_url;
+        let url = &server.app().config.database_url;
         let name = url.rsplit('/').next().unwrap().split('?').next().unwrap();
         let mut admin = sqlx::PgConnection::connect(&postgres_admin_url())
             .await
@@ -171,60 +165,61 @@ async fn racing_clients_under_serializable_isolation(backend: Backend) {
     let requests = passengers
         .iter()
         .map(|p| server.request_trip(p, gangnam(), city_hall()));
-    let trips: Vec<Value> = futures_util::future::join_all(requests).await;
+    let trips: Vec<Trip> = futures_util::future::join_all(requests).await;
     // Every driver gets one offer; each accept races its passenger's cancel.
     let mut offers = Vec::new();
     for (account, ws) in drivers.iter_mut() {
-        let offer = ws.next_of("offer").await;
-        offers.push((account.clone(), offer));
+        offers.push((account.clone(), ws.offer().await));
     }
-    let trip_owner = |trip_id: &Value| {
-        let index = trips.iter().position(|t| t["id"] == *trip_id).unwrap();
+    let trip_owner = |trip_id: &str| {
+        let index = trips.iter().position(|t| t.id == trip_id).unwrap();
         passengers[index].clone()
     };
     let races = offers.iter().map(|(driver, offer)| {
-        let owner = trip_owner(&offer["trip_id"]);
-        let trip_id = offer["trip_id"].as_str().unwrap().to_string();
-        let accept = format!("/v1/offers/{}/accept", offer["offer_id"].as_str().unwrap());
+        let owner = trip_owner(&offer.trip_id);
         let server = &server;
         async move {
-            let cancel_path = format!("/v1/trips/{trip_id}/cancel");
+            let cancel_path = format!("/v1/trips/{}/cancel", offer.trip_id);
+            let no_reason = json!({});
             let (accepted, cancelled) = tokio::join!(
-                server.post(&accept, &driver.token, json!({})),
-                server.post(&cancel_path, &owner.token, json!({}))
+                server.answer(driver, offer, "accept"),
+                server.post(&cancel_path, &owner.token, &no_reason)
             );
-            (trip_id, owner, accepted, cancelled)
+            (offer.trip_id.clone(), owner, accepted, cancelled)
         }
     });
     for (trip_id, owner, accepted, cancelled) in futures_util::future::join_all(races).await {
-        for (status, body) in [&accepted, &cancelled] {
+        for reply in [&accepted, &cancelled] {
             assert!(
-                status.is_success() || *status == StatusCode::CONFLICT,
-                "{status} {body}"
+                reply.status.is_success() || reply.status == StatusCode::CONFLICT,
+                "{reply:?}"
             );
         }
         assert!(
-            cancelled.0.is_success(),
-            "a passenger may always cancel before pickup: {}",
-            cancelled.1
+            cancelled.status.is_success(),
+            "a passenger may always cancel before pickup: {cancelled:?}"
         );
         let events = server.events(&trip_id, &owner.token, 0).await;
-        let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
-        let names: Vec<&str> = events
-            .iter()
-            .map(|e| e["event"].as_str().unwrap())
-            .collect();
-        if accepted.0.is_success() {
-            assert_eq!(names, ["requested", "accepted", "cancelled"]);
+        let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+        let names: Vec<EventKind> = events.iter().map(|e| e.event).collect();
+        if accepted.status.is_success() {
+            assert_eq!(
+                names,
+                [
+                    EventKind::Requested,
+                    EventKind::Accepted,
+                    EventKind::Cancelled
+                ]
+            );
             assert_eq!(seqs, [1, 2, 3]);
         } else {
-            assert_eq!(names, ["requested", "cancelled"]);
+            assert_eq!(names, [EventKind::Requested, EventKind::Cancelled]);
             assert_eq!(seqs, [1, 2]);
         }
     }
-    let (_, snapshot) = server.get("/v1/ops/snapshot", OPERATOR_TOKEN).await;
     assert_eq!(
-        snapshot["stats"]["drivers_busy"], 0,
+        server.snapshot().await.stats.drivers_busy,
+        0,
         "cancelled rides free their drivers"
     );
 }
@@ -241,34 +236,17 @@ async fn nodes_starting_at_once_migrate_safely(backend: Backend) {
         running.push(server.expect("every node starts"));
     }
     // They share one store: what one node writes, another reads.
-    let one = TestServer {
-        base: format!("http://{}", running[0].addr),
-        server: None,
-        http: reqwest::Client::new(),
-        dir: tempfile::tempdir().unwrap(),
-    };
-    let two = TestServer {
-        base: format!("http://{}", running[2].addr),
-        server: None,
-        http: reqwest::Client::new(),
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let one = Client::new(format!("http://{}", running[0].addr));
+    let two = Client::new(format!("http://{}", running[2].addr));
     let passenger = one.passenger().await;
     let trip = one.request_trip(&passenger, gangnam(), city_hall()).await;
-    let (status, seen) = two
-        .get(
-            &format!("/v1/trips/{}", trip["id"].as_str().unwrap()),
-            &passenger.token,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(seen["id"], trip["id"]);
+    assert_eq!(two.trip(&trip.id, &passenger.token).await.id, trip.id);
     for server in running {
         server.shutdown().await.unwrap();
     }
 }
 
-on_both_stores!(
+crate::on_both_stores!(
     store_outage_answers_503_and_recovers,
     racing_clients_under_serializable_isolation,
     nodes_starting_at_once_migrate_safely,

@@ -1,8 +1,11 @@
 //! The fleet index: every online driver, where it is, and whether it can take a ride.
 //!
 //! In memory, a cache and never the source of truth (DESIGN §1): after a restart drivers
-//! re-ping and the index refills. Pure: no I/O, no clock of its own — callers pass `now`,
-//! so tests drive time by hand.
+//! re-ping and the index refills. Pure: no I/O, no lock, no clock of its own — callers
+//! pass `now`, so tests drive time by hand. [`super::Fleet`] is the shared handle.
+//!
+//! In a cluster every node holds the whole fleet: drivers whose socket is on this node
+//! change here first; the others arrive as [`DriverRecord`]s from the node holding them.
 //!
 //! Positions are indexed as unit vectors on the sphere in an `rstar` R-tree. A moving
 //! driver costs a remove + insert in an R-tree, so each driver is stored with a *slack
@@ -20,50 +23,20 @@ use std::{
 use rstar::{AABB, Envelope, PointDistance, RTree, RTreeObject};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
-use utoipa::ToSchema;
 
-use crate::geometry::{self, LatLng};
+pub use crate::protocol::operators::{DriverState, DriverStatus, DriverView};
+use crate::{
+    geometry::{self, LatLng},
+    trip::Timestamp,
+};
 
 /// Half the side of a driver's slack box, in metres. A taxi at 15 m/s pinging every 4 s
 /// moves 60 m a ping, so most pings stay inside; a larger box would make queries visit
 /// more false candidates.
 pub const SLACK_M: f64 = 150.0;
 
-/// What the driver asked to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum DriverStatus {
-    Available,
-    Offline,
-}
-
-/// What an operator sees of a driver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum DriverState {
-    /// Dispatchable.
-    Available,
-    /// Holds an open offer.
-    Offered,
-    /// Holds an active trip.
-    Busy,
-    /// Online but said it is not taking rides.
-    Offline,
-    /// No ping for longer than the staleness limit.
-    Stale,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
-pub struct DriverView {
-    pub id: String,
-    pub state: DriverState,
-    pub status: DriverStatus,
-    pub position: Option<LatLng>,
-    pub heading_deg: Option<f64>,
-    pub trip_id: Option<String>,
-    pub offer_id: Option<String>,
-    pub connected: bool,
-}
+/// Most removals remembered for [`FleetIndex::changed_since`].
+const REMOVED_LOG: usize = 100_000;
 
 #[derive(Debug, Clone)]
 struct Slot {
@@ -73,10 +46,18 @@ struct Slot {
     heading_deg: Option<f64>,
     status: DriverStatus,
     trip_id: Option<String>,
+    /// The open offer the driver holds, as last announced (for operators; the dispatcher
+    /// keeps its own book of reservations).
     offer_id: Option<String>,
     last_ping: Instant,
-    /// Open sockets of this driver (a reconnect may briefly overlap the old socket).
+    /// Open sockets of this driver: on this node (a reconnect may briefly overlap the old
+    /// socket), or 1/0 for connected/not as the holding node last said.
     sockets: u32,
+    /// The node holding the driver's socket; `None` for this node.
+    node: Option<Arc<str>>,
+    /// When the holding node's socket opened (wall clock): of two nodes claiming a
+    /// driver, the later connection wins.
+    connected_since: Timestamp,
     /// The box this driver is stored under in the tree; `None` when not in the tree.
     indexed: Option<AABB<[f64; 3]>>,
     /// Metres driven since the trip started, and whether every metre was seen (a restart
@@ -111,6 +92,7 @@ impl PointDistance for Entry {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
     pub driver_id: Arc<str>,
+    pub position: LatLng,
     pub distance_m: f64,
 }
 
@@ -121,6 +103,40 @@ pub struct PingOutcome {
     pub trip_id: Option<String>,
     /// The driver was not dispatchable before this ping and is now.
     pub became_dispatchable: bool,
+}
+
+/// Whether a change made a driver dispatchable, or took that away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Availability {
+    pub gained: bool,
+    pub lost: bool,
+}
+
+/// A driver as the node holding its socket describes it to the other nodes: its whole
+/// state, so a lost or repeated record does no harm — the next one sets things right.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriverRecord {
+    pub driver_id: String,
+    pub connected: bool,
+    /// When the socket opened, for "the later connection wins".
+    pub connected_since: Timestamp,
+    pub status: DriverStatus,
+    pub position: Option<LatLng>,
+    pub heading_deg: Option<f64>,
+    /// How long before sending the driver last pinged: the receiver places the ping on its
+    /// own clock, so a record that waited in the bus is not taken for fresh.
+    pub silent_ms: u64,
+    /// The driver went offline for good (swept after its grace period).
+    pub gone: bool,
+}
+
+/// What changed in the fleet since a reader's last look.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetChanges {
+    pub drivers: Vec<DriverView>,
+    pub removed: Vec<String>,
+    /// Pass this to the next `changed_since`.
+    pub version: u64,
 }
 
 pub struct FleetIndex {
@@ -135,18 +151,6 @@ pub struct FleetIndex {
     /// Drivers that went offline, with the clock at their removal. Bounded: a reader
     /// further behind than this log reaches gets a full view instead.
     removed: VecDeque<(u64, Arc<str>)>,
-}
-
-/// Most removals remembered for [`FleetIndex::changed_since`].
-const REMOVED_LOG: usize = 100_000;
-
-/// What changed in the fleet since a reader's last look.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FleetChanges {
-    pub drivers: Vec<DriverView>,
-    pub removed: Vec<String>,
-    /// Pass this to the next `changed_since`.
-    pub version: u64,
 }
 
 impl FleetIndex {
@@ -192,8 +196,9 @@ impl FleetIndex {
     fn is_dispatchable(slot: &Slot, now: Instant, stale_after: Duration) -> bool {
         slot.status == DriverStatus::Available
             && slot.trip_id.is_none()
-            && slot.offer_id.is_none()
             && slot.position.is_some()
+            // An offer could not reach a driver without a live socket (DESIGN §4).
+            && slot.sockets > 0
             && now.saturating_duration_since(slot.last_ping) <= stale_after
     }
 
@@ -206,31 +211,25 @@ impl FleetIndex {
             .is_some_and(|slot| Self::is_dispatchable(slot, now, self.stale_after))
     }
 
-    /// A socket of this driver opened. A new driver starts `available` with its trip (if
-    /// any) as the store knows it; one coming back inside the grace period keeps its state.
-    pub fn connect(&mut self, driver_id: &str, trip_id: Option<String>, now: Instant) {
-        if let Some((index, slot)) = self.slot_mut(driver_id) {
-            slot.sockets += 1;
-            slot.trip_id = trip_id;
-            self.reindex(index);
-            return;
-        }
+    fn new_slot(&mut self, driver_id: &str, now: Instant) -> u32 {
+        self.clock += 1;
         let slot = Slot {
             id: Arc::from(driver_id),
             position: None,
             unit: [0.0; 3],
             heading_deg: None,
             status: DriverStatus::Available,
-            trip_id,
+            trip_id: None,
             offer_id: None,
             last_ping: now,
-            sockets: 1,
+            sockets: 0,
+            node: None,
+            connected_since: Timestamp::default(),
             indexed: None,
             odometer_m: 0.0,
             odometer_complete: false,
-            version: self.clock + 1,
+            version: self.clock,
         };
-        self.clock += 1;
         let index = match self.free_slots.pop() {
             Some(index) => {
                 self.slots[index as usize] = Some(slot);
@@ -242,17 +241,48 @@ impl FleetIndex {
             }
         };
         self.by_id.insert(Arc::from(driver_id), index);
+        index
     }
 
-    /// A socket of this driver closed. The driver stays until [`Self::sweep_offline`].
+    /// A socket of this driver opened on this node. A new driver starts `available` with
+    /// its trip (if any) as the store knows it; one coming back inside the grace period
+    /// keeps its state.
+    pub fn connect(
+        &mut self,
+        driver_id: &str,
+        trip_id: Option<String>,
+        now: Instant,
+        wall: Timestamp,
+    ) {
+        let index = match self.by_id.get(driver_id) {
+            Some(&index) => index,
+            None => self.new_slot(driver_id, now),
+        };
+        let (_, slot) = self.slot_mut(driver_id).expect("created above");
+        if slot.node.is_some() {
+            // It was held elsewhere: this connection is the newer one.
+            slot.node = None;
+            slot.sockets = 0;
+        }
+        slot.sockets += 1;
+        slot.connected_since = wall;
+        slot.last_ping = now;
+        slot.trip_id = trip_id;
+        self.reindex(index);
+    }
+
+    /// A socket of this driver closed on this node. The driver stays until
+    /// [`Self::sweep_offline`].
     pub fn disconnect(&mut self, driver_id: &str) {
-        if let Some((_, slot)) = self.slot_mut(driver_id) {
+        if let Some((_, slot)) = self.slot_mut(driver_id)
+            && slot.node.is_none()
+        {
             slot.sockets = slot.sockets.saturating_sub(1);
         }
     }
 
-    /// Removes drivers whose sockets are all closed and who have not pinged for
-    /// `offline_after`. Returns them.
+    /// Removes drivers with no live socket who have not pinged for `offline_after`.
+    /// Returns them.
     pub fn sweep_offline(&mut self, now: Instant, offline_after: Duration) -> Vec<String> {
         let gone: Vec<Arc<str>> = self
             .slots
@@ -289,7 +319,8 @@ impl FleetIndex {
         self.free_slots.push(index);
     }
 
-    /// A location ping. The position is already validated by its type.
+    /// A location ping. The position is already validated by its type; a heading is kept
+    /// in [0, 360) or dropped if not finite.
     pub fn ping(
         &mut self,
         driver_id: &str,
@@ -298,7 +329,6 @@ impl FleetIndex {
         now: Instant,
     ) -> Option<PingOutcome> {
         let stale_after = self.stale_after;
-        let slack = self.slack_chord;
         let (index, slot) = self.slot_mut(driver_id)?;
         let was_dispatchable = Self::is_dispatchable(slot, now, stale_after);
         if let (Some(previous), Some(_)) = (slot.position, &slot.trip_id) {
@@ -306,17 +336,26 @@ impl FleetIndex {
         }
         slot.position = Some(position);
         slot.unit = position.unit_vector();
-        slot.heading_deg = heading_deg.filter(|h| h.is_finite());
+        slot.heading_deg = normal_heading(heading_deg);
         slot.last_ping = now;
         let outcome = PingOutcome {
             trip_id: slot.trip_id.clone(),
             became_dispatchable: !was_dispatchable && Self::is_dispatchable(slot, now, stale_after),
         };
+        self.moved(index);
+        Some(outcome)
+    }
+
+    /// Keeps the tree in step with a slot whose position changed.
+    fn moved(&mut self, index: u32) {
+        let slack = self.slack_chord;
+        let Some(slot) = self.slots[index as usize].as_mut() else {
+            return;
+        };
         match slot.indexed {
             Some(envelope) if envelope.contains_point(&slot.unit) => {}
             Some(envelope) => {
-                let unit = slot.unit;
-                let moved = slack_box(unit, slack);
+                let moved = slack_box(slot.unit, slack);
                 slot.indexed = Some(moved);
                 self.tree.remove(&Entry {
                     slot: index,
@@ -329,12 +368,11 @@ impl FleetIndex {
             }
             None => self.reindex(index),
         }
-        Some(outcome)
     }
 
     /// Puts a driver in the tree or takes it out, as its state now requires. Only drivers
-    /// that said `available`, have a position and no trip are in the tree; offers and
-    /// staleness are filtered at query time because they come and go quickly.
+    /// that said `available`, have a position and no trip are in the tree; offers,
+    /// sockets and staleness are filtered at query time because they come and go quickly.
     fn reindex(&mut self, index: u32) {
         let slack = self.slack_chord;
         let Some(slot) = self.slots[index as usize].as_mut() else {
@@ -363,48 +401,46 @@ impl FleetIndex {
         }
     }
 
-    /// Returns whether the driver is now dispatchable and was not before.
-    pub fn set_status(&mut self, driver_id: &str, status: DriverStatus, now: Instant) -> bool {
+    /// The driver says whether it takes rides.
+    pub fn set_status(
+        &mut self,
+        driver_id: &str,
+        status: DriverStatus,
+        now: Instant,
+    ) -> Availability {
         let stale_after = self.stale_after;
         let Some((index, slot)) = self.slot_mut(driver_id) else {
-            return false;
+            return Availability::default();
         };
         let was = Self::is_dispatchable(slot, now, stale_after);
         slot.status = status;
         slot.last_ping = now;
         let is = Self::is_dispatchable(slot, now, stale_after);
         self.reindex(index);
-        is && !was
+        Availability {
+            gained: is && !was,
+            lost: was && !is,
+        }
     }
 
-    /// Reserves a dispatchable driver for an offer. False if it cannot take one.
-    pub fn reserve(&mut self, driver_id: &str, offer_id: &str, now: Instant) -> bool {
-        let stale_after = self.stale_after;
-        match self.slot_mut(driver_id) {
-            Some((_, slot)) if Self::is_dispatchable(slot, now, stale_after) => {
+    /// Records the open offer a driver holds (`Some`), or that this offer closed (`None`
+    /// clears only `offer_id`'s reservation, not a newer one).
+    pub fn set_offer(&mut self, driver_id: &str, offer_id: &str, open: bool) {
+        if let Some((_, slot)) = self.slot_mut(driver_id) {
+            if open {
                 slot.offer_id = Some(offer_id.to_string());
-                true
+            } else if slot.offer_id.as_deref() == Some(offer_id) {
+                slot.offer_id = None;
             }
-            _ => false,
         }
     }
 
-    /// Ends a reservation, if this offer still holds it.
-    pub fn release(&mut self, driver_id: &str, offer_id: &str) {
-        if let Some((_, slot)) = self.slot_mut(driver_id)
-            && slot.offer_id.as_deref() == Some(offer_id)
-        {
-            slot.offer_id = None;
-        }
-    }
-
-    /// The offer a driver holds, if any.
+    /// The offer a driver holds, as last announced.
     pub fn offer_of(&self, driver_id: &str) -> Option<String> {
         self.slot(driver_id).and_then(|slot| slot.offer_id.clone())
     }
 
-    /// Attaches a driver to a trip (busy) or frees it (`None`). An offline driver gets a
-    /// slot so it is known busy when it connects.
+    /// Attaches a driver to a trip (busy) or frees it (`None`).
     pub fn set_trip(&mut self, driver_id: &str, trip_id: Option<String>) {
         let Some((index, slot)) = self.slot_mut(driver_id) else {
             return;
@@ -434,6 +470,113 @@ impl FleetIndex {
 
     pub fn position(&self, driver_id: &str) -> Option<LatLng> {
         self.slot(driver_id).and_then(|slot| slot.position)
+    }
+
+    /// The record this node publishes for a driver whose socket it holds; `None` for a
+    /// driver it does not hold (or does not know).
+    pub fn record(&self, driver_id: &str, now: Instant) -> Option<DriverRecord> {
+        let slot = self.slot(driver_id).filter(|slot| slot.node.is_none())?;
+        Some(DriverRecord {
+            driver_id: driver_id.to_string(),
+            connected: slot.sockets > 0,
+            connected_since: slot.connected_since,
+            status: slot.status,
+            position: slot.position,
+            heading_deg: slot.heading_deg,
+            silent_ms: now.saturating_duration_since(slot.last_ping).as_millis() as u64,
+            gone: false,
+        })
+    }
+
+    /// Applies what `node` says of a driver whose socket it holds. Returns whether the
+    /// driver became dispatchable or stopped being so, and, if this node held the driver
+    /// too, that its local socket is now superseded (the driver moved to `node`).
+    pub fn apply_record(
+        &mut self,
+        node: &Arc<str>,
+        record: &DriverRecord,
+        now: Instant,
+    ) -> (Availability, bool) {
+        let known = self.slot(&record.driver_id).map(|slot| {
+            (
+                slot.node.as_deref() == Some(&**node),
+                slot.node.is_none() && slot.sockets > 0,
+                slot.connected_since,
+            )
+        });
+        match known {
+            // The node holding the driver: its records arrive in order, the newest last.
+            Some((true, _, _)) => {}
+            // The driver connected there after it connected where we thought it was.
+            Some((false, _, since))
+                if record.connected && !record.gone && record.connected_since >= since => {}
+            // Older news (the driver reconnected since, here or on a third node).
+            Some(_) => return (Availability::default(), false),
+            None if record.gone => return (Availability::default(), false),
+            None => {}
+        }
+        if record.gone {
+            let lost = self.dispatchable(&record.driver_id, now);
+            self.remove(&record.driver_id);
+            return (
+                Availability {
+                    gained: false,
+                    lost,
+                },
+                false,
+            );
+        }
+        let superseded = known.is_some_and(|(_, held_here, _)| held_here);
+        let index = match self.by_id.get(record.driver_id.as_str()) {
+            Some(&index) => index,
+            None => self.new_slot(&record.driver_id, now),
+        };
+        let stale_after = self.stale_after;
+        let (_, slot) = self.slot_mut(&record.driver_id).expect("created above");
+        let was = Self::is_dispatchable(slot, now, stale_after);
+        slot.node = Some(node.clone());
+        slot.sockets = u32::from(record.connected);
+        slot.connected_since = record.connected_since;
+        slot.status = record.status;
+        slot.heading_deg = record.heading_deg;
+        slot.last_ping = now
+            .checked_sub(Duration::from_millis(record.silent_ms))
+            .unwrap_or(now);
+        if let Some(position) = record.position {
+            if let (Some(previous), Some(_)) = (slot.position, &slot.trip_id) {
+                slot.odometer_m += previous.distance_m(&position);
+            }
+            slot.position = Some(position);
+            slot.unit = position.unit_vector();
+        }
+        let is = Self::is_dispatchable(slot, now, stale_after);
+        self.reindex(index);
+        self.moved(index);
+        (
+            Availability {
+                gained: is && !was,
+                lost: was && !is,
+            },
+            superseded,
+        )
+    }
+
+    /// A node went silent: the drivers it held have no live socket anywhere we know of.
+    /// Returns them.
+    pub fn node_lost(&mut self, node: &str) -> Vec<String> {
+        let held: Vec<Arc<str>> = self
+            .slots
+            .iter()
+            .flatten()
+            .filter(|slot| slot.node.as_deref() == Some(node) && slot.sockets > 0)
+            .map(|slot| slot.id.clone())
+            .collect();
+        for id in &held {
+            if let Some((_, slot)) = self.slot_mut(id) {
+                slot.sockets = 0;
+            }
+        }
+        held.iter().map(|id| id.to_string()).collect()
     }
 
     /// The up to `k` nearest dispatchable drivers within `radius_m` of `pickup`, nearest
@@ -487,6 +630,7 @@ impl FleetIndex {
                 let slot = self.slots[index as usize].as_ref()?;
                 Some(Candidate {
                     driver_id: slot.id.clone(),
+                    position: slot.position?,
                     distance_m: geometry::distance_m_for_chord(f64::from_bits(squared).sqrt()),
                 })
             })
@@ -507,6 +651,17 @@ impl FleetIndex {
             .map(move |slot| self.state_of(slot, now))
     }
 
+    /// Drivers whose socket is on this node, and how many of them are connected.
+    pub fn held_here(&self) -> (usize, usize) {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|slot| slot.node.is_none())
+            .fold((0, 0), |(held, connected), slot| {
+                (held + 1, connected + usize::from(slot.sockets > 0))
+            })
+    }
+
     fn state_of(&self, slot: &Slot, now: Instant) -> DriverState {
         if slot.trip_id.is_some() {
             DriverState::Busy
@@ -514,7 +669,9 @@ impl FleetIndex {
             DriverState::Offered
         } else if slot.status == DriverStatus::Offline {
             DriverState::Offline
-        } else if now.saturating_duration_since(slot.last_ping) > self.stale_after {
+        } else if slot.sockets == 0
+            || now.saturating_duration_since(slot.last_ping) > self.stale_after
+        {
             DriverState::Stale
         } else {
             DriverState::Available
@@ -532,6 +689,7 @@ impl FleetIndex {
             trip_id: slot.trip_id.clone(),
             offer_id: slot.offer_id.clone(),
             connected: slot.sockets > 0,
+            node: slot.node.as_deref().map(str::to_string),
         }
     }
 
@@ -579,6 +737,13 @@ impl FleetIndex {
     }
 }
 
+/// A heading in [0, 360), or none if it is not a finite number.
+fn normal_heading(heading_deg: Option<f64>) -> Option<f64> {
+    heading_deg
+        .filter(|h| h.is_finite())
+        .map(|h| h.rem_euclid(360.0))
+}
+
 fn slack_box(unit: [f64; 3], slack: f64) -> AABB<[f64; 3]> {
     AABB::from_corners(
         [unit[0] - slack, unit[1] - slack, unit[2] - slack],
@@ -598,7 +763,7 @@ mod tests {
     }
 
     fn online(index: &mut FleetIndex, id: &str, at: LatLng, now: Instant) {
-        index.connect(id, None, now);
+        index.connect(id, None, now, Timestamp(1));
         index.ping(id, at, None, now).unwrap();
     }
 
@@ -655,18 +820,26 @@ mod tests {
             "no_position",
         ] {
             if id == "no_position" {
-                index.connect(id, None, now);
+                index.connect(id, None, now, Timestamp(1));
             } else {
                 online(&mut index, id, near, now);
             }
         }
-        assert!(index.reserve("offered", "ofr_1", now));
-        assert!(!index.reserve("offered", "ofr_2", now), "never two offers");
+        index.set_offer("offered", "ofr_1", true);
         index.set_trip("busy", Some("trp_1".into()));
         index.set_status("offline", DriverStatus::Offline, now);
-        let found = index.nearest_available(seoul(), 3_000.0, 8, now, |id| id == "excluded");
+        online(&mut index, "dropped", near, now);
+        index.disconnect("dropped");
+        // Offers are the dispatcher's to exclude: the index only knows who could take one.
+        let found = index.nearest_available(seoul(), 3_000.0, 8, now, |id| {
+            id == "excluded" || id == "offered"
+        });
         let ids: Vec<&str> = found.iter().map(|c| &*c.driver_id).collect();
-        assert_eq!(ids, ["free"]);
+        assert_eq!(
+            ids,
+            ["free"],
+            "no trip, available, positioned and connected"
+        );
         assert!((found[0].distance_m - 100.0).abs() < 0.5);
 
         let states: HashMap<String, DriverState> = index
@@ -677,8 +850,10 @@ mod tests {
         assert_eq!(states["offered"], DriverState::Offered);
         assert_eq!(states["busy"], DriverState::Busy);
         assert_eq!(states["offline"], DriverState::Offline);
+        assert_eq!(states["dropped"], DriverState::Stale);
 
-        index.release("offered", "ofr_1");
+        index.set_offer("offered", "ofr_1", false);
+        assert_eq!(index.offer_of("offered"), None);
         index.set_trip("busy", None);
         let found = index.nearest_available(seoul(), 3_000.0, 8, now, |_| false);
         assert_eq!(found.len(), 4);
@@ -749,6 +924,60 @@ mod tests {
             index.ping("d", p, None, now);
         }
         assert!((index.odometer_m("d").unwrap() - 1_000.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn headings_are_kept_in_a_circle() {
+        assert_eq!(
+            normal_heading(Some(1e308)),
+            Some(1e308f64.rem_euclid(360.0))
+        );
+        assert_eq!(normal_heading(Some(-90.0)), Some(270.0));
+        assert_eq!(normal_heading(Some(f64::NAN)), None);
+        assert!(normal_heading(Some(1e308)).is_some_and(|h| (0.0..360.0).contains(&h)));
+    }
+
+    /// Another node's records: the node holding a driver is believed, older news from a
+    /// node the driver left is not, and a driver moving here supersedes nothing there.
+    #[test]
+    fn records_from_other_nodes_follow_the_newest_connection() {
+        let now = Instant::now();
+        let mut index = FleetIndex::new(STALE);
+        let b: Arc<str> = Arc::from("node_b");
+        let c: Arc<str> = Arc::from("node_c");
+        let record = |connected, since, gone| DriverRecord {
+            driver_id: "d".into(),
+            connected,
+            connected_since: Timestamp(since),
+            status: DriverStatus::Available,
+            position: Some(seoul()),
+            heading_deg: None,
+            silent_ms: 0,
+            gone,
+        };
+        let (availability, superseded) = index.apply_record(&b, &record(true, 10, false), now);
+        assert!(availability.gained && !superseded);
+        assert_eq!(
+            index.view("d", now).unwrap().node.as_deref(),
+            Some("node_b")
+        );
+        // The driver reconnects on node c; node b's late "disconnected" is old news.
+        index.apply_record(&c, &record(true, 20, false), now);
+        let (availability, _) = index.apply_record(&b, &record(false, 10, false), now);
+        assert_eq!(availability, Availability::default());
+        assert!(index.dispatchable("d", now));
+        // Then it connects here: node c's socket is the older one.
+        index.connect("d", None, now, Timestamp(30));
+        assert_eq!(index.view("d", now).unwrap().node, None);
+        let (_, superseded) = index.apply_record(&c, &record(true, 20, false), now);
+        assert!(!superseded, "older than our connection: ignored");
+        let (_, superseded) = index.apply_record(&c, &record(true, 40, false), now);
+        assert!(superseded, "newer than ours: the driver moved to node c");
+        // Node c goes silent: its drivers have no live socket.
+        assert_eq!(index.node_lost("node_c"), ["d"]);
+        assert!(!index.dispatchable("d", now));
+        index.apply_record(&c, &record(false, 40, true), now);
+        assert!(!index.is_online("d"));
     }
 
     #[test]

@@ -1,0 +1,97 @@
+//! Who is asking: bearer tokens to [`Principal`]s, and what each role may see.
+
+use std::{collections::HashMap, sync::Mutex};
+
+use crate::{
+    error::ApiError,
+    ids::{constant_time_eq, token_hash},
+    store::{Store, StoreError},
+    trip::{Role, Trip},
+};
+
+/// Most cached token → account entries; the cache is cleared when it fills. Tokens never
+/// change owner, so a cached answer cannot go wrong, only old.
+const CACHE_ENTRIES: usize = 100_000;
+
+/// Longest token accepted; ours are 64 hex characters.
+pub const MAX_TOKEN_CHARS: usize = 256;
+
+/// Who is acting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub id: String,
+    pub role: Role,
+}
+
+impl Principal {
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.role == role {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "only a {} may do this",
+                role.as_str()
+            )))
+        }
+    }
+
+    /// Whether this caller may see the trip: its passenger, its driver, or an operator.
+    pub fn can_see(&self, trip: &Trip) -> bool {
+        match self.role {
+            Role::Operator => true,
+            Role::Passenger => trip.passenger_id == self.id,
+            Role::Driver => trip.driver_id.as_deref() == Some(self.id.as_str()),
+            Role::System => false,
+        }
+    }
+
+    pub fn actor(&self) -> crate::trip::Actor {
+        crate::trip::Actor::new(self.role, &self.id)
+    }
+}
+
+/// Maps bearer tokens to principals: the configured operator token, else the accounts in
+/// the store (cached).
+pub struct Authenticator {
+    store: Store,
+    operator_token_hash: String,
+    /// A std `Mutex`: held for one map operation, never across an await.
+    cache: Mutex<HashMap<String, Principal>>,
+}
+
+impl Authenticator {
+    pub fn new(store: Store, operator_token: &str) -> Authenticator {
+        Authenticator {
+            store,
+            operator_token_hash: token_hash(operator_token),
+            cache: Mutex::default(),
+        }
+    }
+
+    /// The principal a bearer token belongs to, if any.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<Principal>, StoreError> {
+        let hash = token_hash(token);
+        if constant_time_eq(&hash, &self.operator_token_hash) {
+            return Ok(Some(Principal {
+                id: "operator".to_string(),
+                role: Role::Operator,
+            }));
+        }
+        if let Some(found) = self.cache.lock().unwrap().get(&hash) {
+            return Ok(Some(found.clone()));
+        }
+        let found = self
+            .store
+            .account_by_token_hash(&hash)
+            .await?
+            .map(|(id, role)| Principal { id, role });
+        if let Some(found) = &found {
+            let mut cache = self.cache.lock().unwrap();
+            if cache.len() >= CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(hash, found.clone());
+        }
+        Ok(found)
+    }
+}

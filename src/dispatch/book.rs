@@ -1,0 +1,778 @@
+//! The dispatcher's book: which trips wait, which offers are open, who is reserved — and
+//! what to do next. Pure: no I/O, no clock, no lock. [`Book::step`] looks at the fleet as
+//! of `now` and returns [`Effect`]s; the dispatch loop performs them against the store
+//! and reports back ([`Book::offer_refused`], [`Book::expired`], …). Every rule of
+//! DESIGN §4 lives here and is unit-tested without a database.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use tokio::time::Instant;
+
+use super::rank::{Eta, rank_candidates};
+use crate::{
+    config::DispatchConfig,
+    fleet::{Candidate, Fleet, FleetIndex},
+    geometry::LatLng,
+    ids::new_id,
+    protocol::{OfferMessage, operators::OfferOutcome},
+    store::{ClosedOffer, NewOffer, OfferRecord},
+    trip::{Money, Timestamp, Trip, TripState},
+};
+
+/// What the book needs of the fleet: the nearest dispatchable drivers.
+pub trait FleetView {
+    fn nearest_available(
+        &self,
+        pickup: LatLng,
+        radius_m: f64,
+        k: usize,
+        now: Instant,
+        exclude: &dyn Fn(&str) -> bool,
+    ) -> Vec<Candidate>;
+}
+
+impl FleetView for FleetIndex {
+    fn nearest_available(
+        &self,
+        pickup: LatLng,
+        radius_m: f64,
+        k: usize,
+        now: Instant,
+        exclude: &dyn Fn(&str) -> bool,
+    ) -> Vec<Candidate> {
+        FleetIndex::nearest_available(self, pickup, radius_m, k, now, exclude)
+    }
+}
+
+impl FleetView for Fleet {
+    fn nearest_available(
+        &self,
+        pickup: LatLng,
+        radius_m: f64,
+        k: usize,
+        now: Instant,
+        exclude: &dyn Fn(&str) -> bool,
+    ) -> Vec<Candidate> {
+        Fleet::nearest_available(self, pickup, radius_m, k, now, exclude)
+    }
+}
+
+/// The dispatch numbers of DESIGN §4.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub radii_m: Vec<f64>,
+    pub max_candidates: usize,
+    pub offer_timeout: Duration,
+    pub deadline: Duration,
+    pub retry: Duration,
+}
+
+impl Policy {
+    pub fn new(config: &DispatchConfig) -> Policy {
+        Policy {
+            radii_m: config.search_radius_m.clone(),
+            max_candidates: config.max_candidates as usize,
+            offer_timeout: Duration::from_millis(config.offer_timeout_ms),
+            deadline: Duration::from_millis(config.dispatch_deadline_ms),
+            retry: Duration::from_millis(config.dispatch_retry_ms),
+        }
+    }
+}
+
+/// Work for the dispatch loop.
+#[derive(Debug, Clone, PartialEq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a step yields a handful of effects, consumed at once"
+)]
+pub enum Effect {
+    /// Write this offer (under the lease) and, once committed, deliver `message`.
+    Offer {
+        offer: NewOffer,
+        message: OfferMessage,
+        /// For the trip's first offer: how long it waited for it.
+        first_after: Option<Duration>,
+    },
+    /// Close this open offer as lapsed: its driver did not answer in time.
+    Lapse { offer_id: String },
+    /// Withdraw this open offer: its driver went offline.
+    Withdraw { offer_id: String },
+    /// Expire this trip: nobody accepted it before its deadline.
+    Expire { trip_id: String },
+}
+
+/// Why the store refused an offer the book decided on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The trip is no longer waiting.
+    TripGone,
+    /// The driver or the trip holds an open offer the book did not know of: the book is
+    /// out of step with the store and should be reloaded.
+    Conflict,
+    /// The store could not be reached; try again later.
+    Unavailable,
+}
+
+/// A trip waiting for a driver.
+#[derive(Debug)]
+struct Pending {
+    pickup: LatLng,
+    dropoff: LatLng,
+    fare_estimate: Money,
+    /// When it became `requested`, for the deadline and the request→offer latency.
+    since: Instant,
+    deadline: Instant,
+    excluded: HashSet<String>,
+    offer: Option<String>,
+    next_search: Instant,
+    offered: bool,
+    /// An expiry is being written; don't start another.
+    expiring: bool,
+}
+
+#[derive(Debug)]
+struct OpenOffer {
+    trip_id: String,
+    driver_id: String,
+    expires_at: Instant,
+    /// Its driver went offline: withdraw it.
+    withdraw: bool,
+    /// A lapse or withdrawal is being written.
+    closing: bool,
+}
+
+pub struct Book {
+    policy: Policy,
+    eta: Box<dyn Eta>,
+    trips: HashMap<String, Pending>,
+    offers: HashMap<String, OpenOffer>,
+    /// Driver → the open offer it holds: never two (invariant 1).
+    reserved: HashMap<String, String>,
+    /// A driver became free since the last step: search for every waiting trip, not only
+    /// those due for a retry.
+    fleet_changed: bool,
+    /// The book may have missed something (a refused offer, a full inbox): reload it.
+    pub out_of_step: bool,
+}
+
+/// Converts a wall-clock time into this process's monotonic clock, as of `now`/`wall`.
+fn instant_at(at: Timestamp, now: Instant, wall: Timestamp) -> Instant {
+    let delta_ms = at.millis() - wall.millis();
+    if delta_ms >= 0 {
+        now + Duration::from_millis(delta_ms as u64)
+    } else {
+        now.checked_sub(Duration::from_millis((-delta_ms) as u64))
+            .unwrap_or(now)
+    }
+}
+
+impl Book {
+    pub fn new(policy: Policy, eta: Box<dyn Eta>) -> Book {
+        Book {
+            policy,
+            eta,
+            trips: HashMap::new(),
+            offers: HashMap::new(),
+            reserved: HashMap::new(),
+            fleet_changed: false,
+            out_of_step: false,
+        }
+    }
+
+    pub fn pending_trips(&self) -> usize {
+        self.trips.len()
+    }
+
+    pub fn open_offers(&self) -> usize {
+        self.offers.len()
+    }
+
+    /// Forgets everything (leadership lost, or before a reload).
+    pub fn clear(&mut self) {
+        self.trips.clear();
+        self.offers.clear();
+        self.reserved.clear();
+        self.out_of_step = false;
+    }
+
+    /// Starts dispatching a trip that is `requested`. Its deadline counts from when it
+    /// became requested (`trip.updated_at`), so a trip adopted after a restart or a
+    /// failover keeps the deadline it had.
+    pub fn submit(
+        &mut self,
+        trip: &Trip,
+        excluded: impl IntoIterator<Item = String>,
+        now: Instant,
+        wall: Timestamp,
+    ) {
+        if trip.state != TripState::Requested {
+            return;
+        }
+        if let Some(pending) = self.trips.get_mut(&trip.id) {
+            pending.excluded.extend(excluded);
+            return;
+        }
+        let since = instant_at(trip.updated_at, now, wall).min(now);
+        self.trips.insert(
+            trip.id.clone(),
+            Pending {
+                pickup: trip.pickup,
+                dropoff: trip.dropoff,
+                fare_estimate: trip.fare_estimate.clone(),
+                since,
+                deadline: since + self.policy.deadline,
+                excluded: excluded.into_iter().collect(),
+                offer: None,
+                next_search: now,
+                offered: false,
+                expiring: false,
+            },
+        );
+    }
+
+    /// Takes over an open offer found in the store: its deadline stands.
+    pub fn adopt(&mut self, record: &OfferRecord, now: Instant, wall: Timestamp) {
+        let offer = &record.offer;
+        if let Some(pending) = self.trips.get_mut(&offer.trip_id) {
+            pending.offer = Some(offer.id.clone());
+            pending.offered = true;
+        }
+        self.reserved
+            .insert(offer.driver_id.clone(), offer.id.clone());
+        self.offers.insert(
+            offer.id.clone(),
+            OpenOffer {
+                trip_id: offer.trip_id.clone(),
+                driver_id: offer.driver_id.clone(),
+                expires_at: instant_at(offer.expires_at, now, wall),
+                withdraw: false,
+                closing: false,
+            },
+        );
+    }
+
+    /// The trip left `requested` (accepted, cancelled, expired, assigned): stop
+    /// dispatching it. Its open offer was closed in the same transaction.
+    pub fn trip_closed(&mut self, trip_id: &str) {
+        if let Some(pending) = self.trips.remove(trip_id)
+            && let Some(offer_id) = pending.offer
+        {
+            self.forget_offer(&offer_id);
+        }
+    }
+
+    /// An offer closed, by whoever closed it. A driver who declined or let it lapse is
+    /// never offered that trip again; either way the driver is free for other trips.
+    pub fn offer_closed(&mut self, closed: &ClosedOffer, now: Instant) {
+        self.forget_offer(&closed.offer_id);
+        if let Some(pending) = self.trips.get_mut(&closed.trip_id) {
+            if matches!(
+                closed.outcome,
+                OfferOutcome::Declined | OfferOutcome::Expired
+            ) {
+                pending.excluded.insert(closed.driver_id.clone());
+            }
+            if pending.offer.as_deref() == Some(closed.offer_id.as_str()) {
+                pending.offer = None;
+                pending.next_search = now;
+            }
+        }
+        self.fleet_changed = true;
+    }
+
+    fn forget_offer(&mut self, offer_id: &str) {
+        if let Some(offer) = self.offers.remove(offer_id) {
+            if self.reserved.get(&offer.driver_id).map(String::as_str) == Some(offer_id) {
+                self.reserved.remove(&offer.driver_id);
+            }
+            if let Some(pending) = self.trips.get_mut(&offer.trip_id)
+                && pending.offer.as_deref() == Some(offer_id)
+            {
+                pending.offer = None;
+            }
+        }
+    }
+
+    /// Some driver became dispatchable: search for every waiting trip at the next step.
+    pub fn driver_available(&mut self) {
+        self.fleet_changed = true;
+    }
+
+    /// The driver went offline (said so, or its grace period ended): withdraw its offer.
+    pub fn driver_unavailable(&mut self, driver_id: &str) {
+        if let Some(offer_id) = self.reserved.get(driver_id)
+            && let Some(offer) = self.offers.get_mut(offer_id)
+        {
+            offer.withdraw = true;
+        }
+    }
+
+    /// Whether an offer in the book is past its deadline at `now`.
+    pub fn offer_expired(&self, offer_id: &str, now: Instant) -> bool {
+        self.offers
+            .get(offer_id)
+            .is_some_and(|offer| offer.expires_at <= now)
+    }
+
+    /// The open offer a driver holds, if any.
+    pub fn offer_of(&self, driver_id: &str) -> Option<&str> {
+        self.reserved.get(driver_id).map(String::as_str)
+    }
+
+    /// The store refused an offer this book decided on.
+    pub fn offer_refused(&mut self, offer_id: &str, refusal: Refusal, now: Instant) {
+        let trip_id = self.offers.get(offer_id).map(|offer| offer.trip_id.clone());
+        self.forget_offer(offer_id);
+        let Some(trip_id) = trip_id else { return };
+        match refusal {
+            Refusal::TripGone => {
+                self.trips.remove(&trip_id);
+            }
+            Refusal::Conflict | Refusal::Unavailable => {
+                if let Some(pending) = self.trips.get_mut(&trip_id) {
+                    pending.next_search = now + self.policy.retry;
+                }
+                self.out_of_step |= refusal == Refusal::Conflict;
+            }
+        }
+    }
+
+    /// A lapse or withdrawal was written (`Some`), or found the offer closed already
+    /// (`None`: answered or closed with its trip; that news is on its way, and the store
+    /// decides).
+    pub fn closed(&mut self, offer_id: &str, closed: Option<&ClosedOffer>, now: Instant) {
+        match closed {
+            Some(closed) => self.offer_closed(closed, now),
+            None => {
+                self.forget_offer(offer_id);
+                self.fleet_changed = true;
+            }
+        }
+    }
+
+    /// The lapse or withdrawal could not be written (store unreachable): try again at
+    /// the next step.
+    pub fn close_failed(&mut self, offer_id: &str) {
+        if let Some(offer) = self.offers.get_mut(offer_id) {
+            offer.closing = false;
+        }
+    }
+
+    /// An expiry was decided by the store (`true`: written, or the trip had left
+    /// `requested` anyway) or could not be written (`false`: try again).
+    pub fn expired(&mut self, trip_id: &str, done: bool) {
+        if done {
+            self.trip_closed(trip_id);
+        } else if let Some(pending) = self.trips.get_mut(trip_id) {
+            pending.expiring = false;
+        }
+    }
+
+    /// One pass as of `now`: lapses, expiries and new offers. Returns the effects and when
+    /// the next pass is due.
+    pub fn step(
+        &mut self,
+        fleet: &dyn FleetView,
+        now: Instant,
+        wall: Timestamp,
+    ) -> (Vec<Effect>, Instant) {
+        let mut effects = Vec::new();
+        let mut next = now + Duration::from_secs(60);
+        let fleet_changed = std::mem::take(&mut self.fleet_changed);
+
+        for (offer_id, offer) in &mut self.offers {
+            if offer.closing {
+                continue;
+            }
+            if offer.expires_at <= now {
+                offer.closing = true;
+                effects.push(Effect::Lapse {
+                    offer_id: offer_id.clone(),
+                });
+            } else if offer.withdraw {
+                offer.closing = true;
+                effects.push(Effect::Withdraw {
+                    offer_id: offer_id.clone(),
+                });
+            } else {
+                next = next.min(offer.expires_at);
+            }
+        }
+
+        let outermost = self.policy.radii_m.iter().copied().fold(0.0, f64::max);
+        let reserved = &mut self.reserved;
+        for (trip_id, pending) in &mut self.trips {
+            if pending.deadline <= now {
+                if !pending.expiring {
+                    pending.expiring = true;
+                    effects.push(Effect::Expire {
+                        trip_id: trip_id.clone(),
+                    });
+                }
+                continue;
+            }
+            next = next.min(pending.deadline);
+            if pending.offer.is_some() {
+                continue;
+            }
+            if fleet_changed || pending.next_search <= now {
+                let exclude = |driver_id: &str| {
+                    reserved.contains_key(driver_id) || pending.excluded.contains(driver_id)
+                };
+                let nearest = fleet.nearest_available(
+                    pending.pickup,
+                    outermost,
+                    self.policy.max_candidates,
+                    now,
+                    &exclude,
+                );
+                let ranked =
+                    rank_candidates(&nearest, &self.policy.radii_m, pending.pickup, &*self.eta);
+                match ranked.first() {
+                    Some(best) => {
+                        let offer_id = new_id("ofr");
+                        let expires_at = now + self.policy.offer_timeout;
+                        let made_at = wall;
+                        let offer = NewOffer {
+                            id: offer_id.clone(),
+                            trip_id: trip_id.clone(),
+                            driver_id: best.driver_id.to_string(),
+                            made_at,
+                            expires_at: made_at
+                                .plus_ms(self.policy.offer_timeout.as_millis() as u64),
+                            pickup_distance_m: best.distance_m,
+                            pickup_eta_s: best.eta_s,
+                            rank: 1,
+                            candidates: ranked.len() as u32,
+                            radius_m: best.radius_m,
+                        };
+                        let message = OfferMessage {
+                            offer_id: offer_id.clone(),
+                            trip_id: trip_id.clone(),
+                            pickup: pending.pickup,
+                            dropoff: pending.dropoff,
+                            pickup_distance_m: best.distance_m.round(),
+                            pickup_eta_s: best.eta_s.round(),
+                            fare_estimate: pending.fare_estimate.clone(),
+                            expires_at: offer.expires_at,
+                        };
+                        let first_after = (!pending.offered).then(|| now - pending.since);
+                        pending.offered = true;
+                        pending.offer = Some(offer_id.clone());
+                        reserved.insert(offer.driver_id.clone(), offer_id.clone());
+                        self.offers.insert(
+                            offer_id,
+                            OpenOffer {
+                                trip_id: trip_id.clone(),
+                                driver_id: offer.driver_id.clone(),
+                                expires_at,
+                                withdraw: false,
+                                closing: false,
+                            },
+                        );
+                        next = next.min(expires_at);
+                        effects.push(Effect::Offer {
+                            offer,
+                            message,
+                            first_after,
+                        });
+                        continue;
+                    }
+                    None => pending.next_search = now + self.policy.retry,
+                }
+            }
+            next = next.min(pending.next_search.max(now + Duration::from_millis(1)));
+        }
+        // Lapses before expiries before offers: an expiring trip's lapsed driver is freed
+        // first, and offers go out last, after everything that frees a driver.
+        effects.sort_by_key(|effect| match effect {
+            Effect::Lapse { .. } | Effect::Withdraw { .. } => 0,
+            Effect::Expire { .. } => 1,
+            Effect::Offer { .. } => 2,
+        });
+        (effects, next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{dispatch::rank::StraightLineEta, fleet::DriverStatus, trip::Money};
+
+    const OFFER_TIMEOUT: Duration = Duration::from_secs(15);
+    const DEADLINE: Duration = Duration::from_secs(120);
+
+    fn policy() -> Policy {
+        Policy {
+            radii_m: vec![3_000.0, 6_000.0],
+            max_candidates: 8,
+            offer_timeout: OFFER_TIMEOUT,
+            deadline: DEADLINE,
+            retry: Duration::from_secs(1),
+        }
+    }
+
+    fn book() -> Book {
+        Book::new(
+            policy(),
+            Box::new(StraightLineEta {
+                detour_factor: 1.3,
+                speed_mps: 7.0,
+            }),
+        )
+    }
+
+    fn pickup() -> LatLng {
+        LatLng::new(37.5, 127.0).unwrap()
+    }
+
+    fn fleet(drivers: &[(&str, f64)], now: Instant) -> FleetIndex {
+        let mut fleet = FleetIndex::new(Duration::from_secs(30));
+        for (id, metres_north) in drivers {
+            fleet.connect(id, None, now, Timestamp(1));
+            fleet.ping(id, pickup().destination(0.0, *metres_north), None, now);
+        }
+        fleet
+    }
+
+    fn trip(id: &str, wall: Timestamp) -> Trip {
+        Trip {
+            id: id.into(),
+            state: TripState::Requested,
+            seq: 1,
+            passenger_id: "psg".into(),
+            driver_id: None,
+            pickup: pickup(),
+            dropoff: pickup().destination(90.0, 3_000.0),
+            fare_estimate: Money {
+                amount: 9_000,
+                currency: "KRW".into(),
+            },
+            fare: None,
+            requested_at: wall,
+            updated_at: wall,
+        }
+    }
+
+    fn offers(effects: &[Effect]) -> Vec<(&str, &str)> {
+        effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::Offer { offer, .. } => {
+                    Some((offer.trip_id.as_str(), offer.driver_id.as_str()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn closed(offer: &NewOffer, outcome: OfferOutcome) -> ClosedOffer {
+        ClosedOffer {
+            offer_id: offer.id.clone(),
+            trip_id: offer.trip_id.clone(),
+            driver_id: offer.driver_id.clone(),
+            outcome,
+            reason: None,
+        }
+    }
+
+    fn first_offer(effects: &[Effect]) -> NewOffer {
+        effects
+            .iter()
+            .find_map(|effect| match effect {
+                Effect::Offer { offer, .. } => Some(offer.clone()),
+                _ => None,
+            })
+            .expect("an offer")
+    }
+
+    #[test]
+    fn the_nearest_driver_gets_one_offer_and_a_lapse_moves_on_never_back() {
+        let (now, wall) = (Instant::now(), Timestamp(1_000_000));
+        let fleet = fleet(&[("near", 100.0), ("far", 900.0)], now);
+        let mut book = book();
+        book.submit(&trip("t", wall), [], now, wall);
+
+        let (effects, next) = book.step(&fleet, now, wall);
+        assert_eq!(offers(&effects), [("t", "near")]);
+        assert_eq!(
+            next,
+            now + OFFER_TIMEOUT,
+            "next wake is the offer's deadline"
+        );
+        let offer = first_offer(&effects);
+        assert_eq!(offer.expires_at, wall.plus_ms(15_000));
+        assert!(matches!(effects[0], Effect::Offer { first_after: Some(d), .. } if d.is_zero()));
+
+        // Nothing more until it lapses: one offer at a time per trip.
+        let (effects, _) = book.step(&fleet, now + OFFER_TIMEOUT - Duration::from_millis(1), wall);
+        assert!(effects.is_empty(), "{effects:?}");
+        let (effects, _) = book.step(&fleet, now + OFFER_TIMEOUT, wall);
+        assert_eq!(
+            effects,
+            [Effect::Lapse {
+                offer_id: offer.id.clone()
+            }]
+        );
+        book.closed(
+            &offer.id,
+            Some(&closed(&offer, OfferOutcome::Expired)),
+            now + OFFER_TIMEOUT,
+        );
+        let (effects, _) = book.step(&fleet, now + OFFER_TIMEOUT, wall);
+        assert_eq!(offers(&effects), [("t", "far")]);
+        assert!(matches!(
+            effects[0],
+            Effect::Offer {
+                first_after: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_driver_never_holds_two_offers_and_a_decline_frees_it_for_others() {
+        let (now, wall) = (Instant::now(), Timestamp(1_000_000));
+        let fleet = fleet(&[("only", 100.0)], now);
+        let mut book = book();
+        book.submit(&trip("a", wall), [], now, wall);
+        book.submit(&trip("b", wall), [], now, wall);
+        let (effects, _) = book.step(&fleet, now, wall);
+        assert_eq!(offers(&effects).len(), 1, "{effects:?}");
+        let offer = first_offer(&effects);
+        assert_eq!(book.offer_of("only"), Some(offer.id.as_str()));
+        let (effects, _) = book.step(&fleet, now + Duration::from_secs(2), wall);
+        assert!(offers(&effects).is_empty());
+
+        book.offer_closed(&closed(&offer, OfferOutcome::Declined), now);
+        let (effects, _) = book.step(&fleet, now, wall);
+        let other = if offer.trip_id == "a" { "b" } else { "a" };
+        assert_eq!(
+            offers(&effects),
+            [(other, "only")],
+            "declined trip never again, the other at once"
+        );
+    }
+
+    #[test]
+    fn a_trip_expires_at_its_deadline_and_a_late_driver_still_gets_it_before() {
+        let (now, wall) = (Instant::now(), Timestamp(1_000_000));
+        let mut book = book();
+        book.submit(&trip("t", wall), [], now, wall);
+        let empty = FleetIndex::new(Duration::from_secs(30));
+        let (effects, next) = book.step(&empty, now, wall);
+        assert!(effects.is_empty());
+        assert_eq!(next, now + Duration::from_secs(1), "retried every second");
+
+        let late = now + DEADLINE - Duration::from_secs(1);
+        let fleet = fleet(&[("late", 50.0)], late);
+        book.driver_available();
+        let (effects, _) = book.step(&fleet, late, wall);
+        assert_eq!(offers(&effects), [("t", "late")]);
+        let (effects, _) = book.step(&fleet, now + DEADLINE, wall);
+        assert_eq!(
+            effects,
+            [Effect::Expire {
+                trip_id: "t".into()
+            }]
+        );
+        let (effects, _) = book.step(&fleet, now + DEADLINE, wall);
+        assert!(effects.is_empty(), "one expiry in flight at a time");
+        book.expired("t", true);
+        assert_eq!(book.pending_trips(), 0);
+        assert_eq!(book.open_offers(), 0);
+        assert_eq!(book.offer_of("late"), None);
+    }
+
+    /// After a failover the new leader adopts the open offer: its deadline stands and the
+    /// trip's deadline counts from when it was requested.
+    #[test]
+    fn adopted_offers_keep_their_deadlines() {
+        let (now, wall) = (Instant::now(), Timestamp(1_000_000));
+        let fleet = fleet(&[("held", 100.0), ("free", 200.0)], now);
+        let mut book = book();
+        let requested = Timestamp(wall.millis() - 100_000);
+        book.submit(&trip("t", requested), [], now, wall);
+        let record = OfferRecord {
+            offer: NewOffer {
+                id: "ofr_old".into(),
+                trip_id: "t".into(),
+                driver_id: "held".into(),
+                made_at: Timestamp(wall.millis() - 5_000),
+                expires_at: Timestamp(wall.millis() + 10_000),
+                pickup_distance_m: 100.0,
+                pickup_eta_s: 19.0,
+                rank: 1,
+                candidates: 2,
+                radius_m: 3_000.0,
+            },
+            epoch: 1,
+            state: crate::store::OfferState::Open,
+            closed_at: None,
+            withdraw_reason: None,
+        };
+        book.adopt(&record, now, wall);
+        let (effects, next) = book.step(&fleet, now, wall);
+        assert!(effects.is_empty(), "{effects:?}");
+        assert_eq!(next, now + Duration::from_secs(10));
+        let (effects, _) = book.step(&fleet, now + Duration::from_secs(10), wall);
+        assert_eq!(
+            effects,
+            [Effect::Lapse {
+                offer_id: "ofr_old".into()
+            }]
+        );
+        let (effects, _) = book.step(&fleet, now + Duration::from_secs(20), wall);
+        assert_eq!(
+            effects,
+            [Effect::Expire {
+                trip_id: "t".into()
+            }],
+            "requested 120 s ago"
+        );
+    }
+
+    #[test]
+    fn refusals_free_the_driver_and_say_when_the_book_is_out_of_step() {
+        let (now, wall) = (Instant::now(), Timestamp(1_000_000));
+        let mut fleet = fleet(&[("d", 100.0)], now);
+        let mut book = book();
+        book.submit(&trip("t", wall), [], now, wall);
+        let (effects, _) = book.step(&fleet, now, wall);
+        let offer = first_offer(&effects);
+        book.offer_refused(&offer.id, Refusal::Conflict, now);
+        assert!(book.out_of_step);
+        assert_eq!(book.offer_of("d"), None);
+        let (effects, _) = book.step(&fleet, now + Duration::from_secs(1), wall);
+        let offer = first_offer(&effects);
+        book.offer_refused(&offer.id, Refusal::TripGone, now);
+        assert_eq!(book.pending_trips(), 0);
+        // A driver going offline has its offer withdrawn.
+        book.submit(&trip("w", wall), [], now, wall);
+        let (effects, _) = book.step(&fleet, now + Duration::from_secs(2), wall);
+        let offer = first_offer(&effects);
+        book.driver_unavailable("d");
+        let (effects, _) = book.step(&fleet, now + Duration::from_secs(2), wall);
+        assert_eq!(
+            effects,
+            [Effect::Withdraw {
+                offer_id: offer.id.clone()
+            }]
+        );
+        book.closed(
+            &offer.id,
+            Some(&closed(&offer, OfferOutcome::Withdrawn)),
+            now,
+        );
+        assert_eq!(book.offer_of("d"), None);
+        book.trip_closed("w");
+        // Offline drivers are no candidates at all.
+        book.submit(&trip("u", wall), [], now, wall);
+        fleet.set_status("d", DriverStatus::Offline, now);
+        let (effects, _) = book.step(&fleet, now + Duration::from_secs(2), wall);
+        assert!(offers(&effects).is_empty());
+    }
+}

@@ -1,0 +1,67 @@
+//! `/openapi.json`: the machine-readable contract, generated from the handlers' own
+//! annotations and the protocol types, so it cannot drift from what the server does.
+
+use axum::{
+    http::header,
+    response::{IntoResponse, Response},
+};
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "hail",
+        description = "Ride-hailing dispatch: REST + WebSocket contract v1. \
+        WebSockets: GET /v1/driver/ws (driver), GET /v1/trips/{id}/ws?after=N (trip stream), \
+        GET /v1/ops/ws (operators)."
+    ),
+    paths(
+        super::rest::create_passenger,
+        super::rest::create_driver,
+        super::rest::create_trip,
+        super::rest::get_trip,
+        super::rest::trip_events,
+        super::rest::cancel_trip,
+        super::rest::arrive,
+        super::rest::start,
+        super::rest::complete,
+        super::rest::assign,
+        super::rest::accept_offer,
+        super::rest::decline_offer,
+        super::rest::snapshot,
+        super::rest::cluster,
+        super::rest::healthz,
+        super::rest::readyz,
+        super::rest::metrics,
+        super::driver_socket::driver_socket,
+        super::trip_stream::trip_socket,
+        super::ops_stream::ops_socket
+    ),
+    components(schemas(
+        crate::protocol::ServerMessage,
+        crate::protocol::DriverMessage,
+        crate::protocol::operators::OpsMessage
+    ))
+)]
+pub struct ApiDoc;
+
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    let mut components = doc.components.take().unwrap_or_default();
+    components.add_security_scheme(
+        "bearer",
+        utoipa::openapi::security::SecurityScheme::Http(utoipa::openapi::security::Http::new(
+            utoipa::openapi::security::HttpAuthScheme::Bearer,
+        )),
+    );
+    doc.components = Some(components);
+    doc
+}
+
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        document().to_pretty_json().unwrap_or_default(),
+    )
+        .into_response()
+}

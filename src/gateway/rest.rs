@@ -1,0 +1,379 @@
+//! The REST API (DESIGN §3): each handler parses and authenticates, then hands over to a
+//! ride operation ([`crate::rides`]) or a read.
+
+use std::collections::HashMap;
+
+use axum::{
+    extract::{Path, Query, Request, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use tokio::time::Instant;
+
+use super::{AppState, after_param};
+use crate::{
+    auth::Principal,
+    error::{ApiError, ApiJson, ErrorCode, parse_json, read_body},
+    ops,
+    protocol::{
+        operators::Snapshot,
+        rest::{
+            AssignRequest, CancelRequest, ClusterView, Credentials, DependencyState, DispatchRole,
+            DriverSignup, ErrorBody, EventsPage, Health, MAX_IDEMPOTENCY_KEY_CHARS, MAX_NAME_CHARS,
+            MAX_PLATE_CHARS, MAX_REASON_CHARS, PassengerSignup, Readiness, TripRequest,
+        },
+    },
+    trip::{Change, Role, Trip},
+};
+
+fn valid_text(field: &str, value: &str, max_chars: usize) -> Result<String, ApiError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            format!("{field} must not be empty"),
+        ));
+    }
+    if value.chars().count() > max_chars || value.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            format!("{field} must be at most {max_chars} printable characters"),
+        ));
+    }
+    Ok(value.to_string())
+}
+
+#[utoipa::path(post, path = "/v1/passengers", tag = "accounts", request_body = PassengerSignup,
+    responses((status = 201, body = Credentials), (status = 400, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn create_passenger(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<PassengerSignup>,
+) -> Result<(StatusCode, ApiJson<Credentials>), ApiError> {
+    let name = valid_text("name", &body.name, MAX_NAME_CHARS)?;
+    let account = state
+        .rides
+        .store
+        .create_account(Role::Passenger, &name, None)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(Credentials {
+            id: account.id,
+            token: account.token,
+        }),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/drivers", tag = "accounts", request_body = DriverSignup,
+    security(("bearer" = [])),
+    responses((status = 201, body = Credentials), (status = 400, body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn create_driver(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(body): ApiJson<DriverSignup>,
+) -> Result<(StatusCode, ApiJson<Credentials>), ApiError> {
+    principal.require(Role::Operator)?;
+    let name = valid_text("name", &body.name, MAX_NAME_CHARS)?;
+    let plate = valid_text("vehicle.plate", &body.vehicle.plate, MAX_PLATE_CHARS)?;
+    let account = state
+        .rides
+        .store
+        .create_account(Role::Driver, &name, Some(&plate))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(Credentials {
+            id: account.id,
+            token: account.token,
+        }),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/trips", tag = "trips", request_body = TripRequest,
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200,
+            description = "1–200 visible ASCII characters; a retry with the same key returns the same trip")),
+    responses((status = 201, body = Trip), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 409, body = ErrorBody, description = "active_trip_exists or idempotency_key_reused"),
+              (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn create_trip(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<TripRequest>,
+) -> Result<(StatusCode, ApiJson<Trip>), ApiError> {
+    principal.require(Role::Passenger)?;
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|key| {
+                    !key.is_empty()
+                        && key.len() <= MAX_IDEMPOTENCY_KEY_CHARS
+                        && key.bytes().all(|b| b.is_ascii_graphic())
+                })
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::InvalidIdempotencyKey,
+                        "Idempotency-Key must be 1 to 200 visible ASCII characters",
+                    )
+                })?
+                .to_string(),
+        ),
+    };
+    let trip = state
+        .rides
+        .request(
+            &principal,
+            body.pickup,
+            body.dropoff,
+            idempotency_key,
+            Instant::now(),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, ApiJson(trip)))
+}
+
+#[utoipa::path(get, path = "/v1/trips/{id}", tag = "trips", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Trip id")),
+    responses((status = 200, body = Trip), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn get_trip(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Trip>, ApiError> {
+    state.rides.visible_trip(&principal, &id).await.map(ApiJson)
+}
+
+#[utoipa::path(get, path = "/v1/trips/{id}/events", tag = "trips", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Trip id"),
+           ("after" = Option<i64>, Query, minimum = 0, description = "Only events with seq > after")),
+    responses((status = 200, body = EventsPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn trip_events(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<ApiJson<EventsPage>, ApiError> {
+    let after = after_param(&query)?;
+    let events = state.rides.events(&principal, &id, after).await?;
+    Ok(ApiJson(EventsPage { events }))
+}
+
+#[utoipa::path(post, path = "/v1/trips/{id}/arrive", tag = "trips", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Trip id")),
+    responses((status = 200, body = Trip), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn arrive(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Trip>, ApiError> {
+    driver_step(&state, &principal, &id, Change::Arrive).await
+}
+
+#[utoipa::path(post, path = "/v1/trips/{id}/start", tag = "trips", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Trip id")),
+    responses((status = 200, body = Trip), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn start(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Trip>, ApiError> {
+    driver_step(&state, &principal, &id, Change::Start).await
+}
+
+async fn driver_step(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    change: Change,
+) -> Result<ApiJson<Trip>, ApiError> {
+    state
+        .rides
+        .driver_step(principal, id, change, Instant::now())
+        .await
+        .map(ApiJson)
+}
+
+#[utoipa::path(post, path = "/v1/trips/{id}/complete", tag = "trips", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Trip id")),
+    responses((status = 200, body = Trip), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn complete(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Trip>, ApiError> {
+    state
+        .rides
+        .complete(&principal, &id, Instant::now())
+        .await
+        .map(ApiJson)
+}
+
+#[utoipa::path(post, path = "/v1/trips/{id}/cancel", tag = "trips", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Trip id")),
+    request_body(content = CancelRequest, description = "Optional: an empty body cancels without a reason"),
+    responses((status = 200, body = Trip), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn cancel_trip(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<ApiJson<Trip>, ApiError> {
+    let bytes = read_body(request, &state).await?;
+    let body: CancelRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        CancelRequest::default()
+    } else {
+        parse_json(&bytes)?
+    };
+    let reason = body
+        .reason
+        .as_deref()
+        .map(|reason| valid_text("reason", reason, MAX_REASON_CHARS))
+        .transpose()?;
+    state
+        .rides
+        .cancel(&principal, &id, reason, Instant::now())
+        .await
+        .map(ApiJson)
+}
+
+#[utoipa::path(post, path = "/v1/trips/{id}/assign", tag = "operations", request_body = AssignRequest,
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Trip id")),
+    responses((status = 200, body = Trip), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "driver_unavailable, driver_busy or invalid_transition"),
+              (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn assign(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<AssignRequest>,
+) -> Result<ApiJson<Trip>, ApiError> {
+    state
+        .rides
+        .assign(&principal, &id, &body.driver_id, Instant::now())
+        .await
+        .map(ApiJson)
+}
+
+#[utoipa::path(post, path = "/v1/offers/{id}/accept", tag = "offers", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Offer id")),
+    responses((status = 200, body = Trip), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody, description = "offer_expired, offer_already_answered or driver_busy"),
+              (status = 503, body = ErrorBody)))]
+pub async fn accept_offer(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Trip>, ApiError> {
+    state
+        .rides
+        .accept(&principal, &id, Instant::now())
+        .await
+        .map(ApiJson)
+}
+
+#[utoipa::path(post, path = "/v1/offers/{id}/decline", tag = "offers", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Offer id")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn decline_offer(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.rides.decline(&principal, &id, Instant::now()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/ops/snapshot", tag = "operations", security(("bearer" = [])),
+    responses((status = 200, body = Snapshot), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn snapshot(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<ApiJson<Snapshot>, ApiError> {
+    principal.require(Role::Operator)?;
+    let rides = &state.rides;
+    Ok(ApiJson(
+        ops::snapshot(&rides.store, &rides.fleet, &rides.tally).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/ops/cluster", tag = "operations", security(("bearer" = [])),
+    responses((status = 200, body = ClusterView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn cluster(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<ApiJson<ClusterView>, ApiError> {
+    principal.require(Role::Operator)?;
+    Ok(ApiJson(ops::cluster(&state.rides.store).await?))
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "service", responses((status = 200, body = Health)))]
+pub async fn healthz() -> ApiJson<Health> {
+    ApiJson(Health {
+        status: "ok".into(),
+    })
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "service",
+    responses((status = 200, body = Readiness, description = "The store answers (the bus may not: see `bus`)"),
+              (status = 503, body = Readiness, description = "The store is unreachable")))]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let rides = &state.rides;
+    let store = match rides.store.ping().await {
+        Ok(()) => DependencyState::Ok,
+        Err(error) => {
+            tracing::warn!(%error, "not ready");
+            DependencyState::Unavailable
+        }
+    };
+    let readiness = Readiness {
+        store,
+        bus: rides.bus.state(),
+        dispatch: if rides.dispatcher.is_leading() {
+            DispatchRole::Leader
+        } else {
+            DispatchRole::Standby
+        },
+        node: state.node.id.clone(),
+    };
+    let status = if store == DependencyState::Ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, ApiJson(readiness)).into_response()
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "service", responses((status = 200, description = "Prometheus metrics")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let rides = &state.rides;
+    rides.metrics.drivers_online.set(rides.fleet.len() as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        rides.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,200 @@
+//! Bodies of the REST API (DESIGN §3) and the one error format.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{geometry::LatLng, trip::Timestamp, trip::TripEvent};
+
+/// Longest name of a passenger or driver, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
+pub const MAX_PLATE_CHARS: usize = 20;
+pub const MAX_REASON_CHARS: usize = 500;
+/// Longest `Idempotency-Key`, in visible ASCII characters.
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 200;
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PassengerSignup {
+    /// 1–100 printable characters.
+    #[schema(example = "Minji", min_length = 1, max_length = 100)]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DriverSignup {
+    #[schema(example = "Junho", min_length = 1, max_length = 100)]
+    pub name: String,
+    pub vehicle: Vehicle,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Vehicle {
+    #[schema(example = "12가3456", min_length = 1, max_length = 20)]
+    pub plate: String,
+}
+
+/// A new account's id and bearer token. The token is shown once; store it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Credentials {
+    pub id: String,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TripRequest {
+    pub pickup: LatLng,
+    pub dropoff: LatLng,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct CancelRequest {
+    /// Why, in up to 500 printable characters; kept in the trip's event.
+    #[schema(max_length = 500)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AssignRequest {
+    pub driver_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EventsPage {
+    pub events: Vec<TripEvent>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+/// State of one dependency in `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DependencyState {
+    Ok,
+    Unavailable,
+    /// Not used by this node (one node with its in-process bus).
+    NotConfigured,
+}
+
+/// `/readyz`: each dependency by name; 503 only while the store is unreachable, since
+/// without the bus REST and the store still work.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Readiness {
+    pub store: DependencyState,
+    pub bus: DependencyState,
+    /// Whether this node leads dispatch, stands by, or has no lease yet.
+    pub dispatch: DispatchRole,
+    pub node: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DispatchRole {
+    Leader,
+    Standby,
+}
+
+/// `GET /v1/ops/cluster`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterView {
+    /// The dispatch lease's epoch: it grows by one at every change of leader.
+    pub epoch: i64,
+    /// The node holding an unexpired dispatch lease, if any.
+    pub leader: Option<String>,
+    pub nodes: Vec<NodeView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeView {
+    pub id: String,
+    /// Where clients reach it (`HAIL_ADVERTISE_URL`).
+    pub url: String,
+    pub leader: bool,
+    pub drivers_connected: i64,
+    pub sockets: i64,
+    pub last_seen: Timestamp,
+}
+
+/// Every error: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Every error code a client may see, stable and snake_case. The HTTP status each one
+/// goes with is decided in one place: the `error` module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    // 400
+    MalformedJson,
+    InvalidBody,
+    InvalidAfter,
+    InvalidCoordinates,
+    InvalidIdempotencyKey,
+    InvalidMessage,
+    MessageTooLarge,
+    UnsupportedFrame,
+    // 401, 403, 404, 405
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    // 409
+    InvalidTransition,
+    OfferExpired,
+    OfferAlreadyAnswered,
+    ActiveTripExists,
+    DriverBusy,
+    DriverUnavailable,
+    IdempotencyKeyReused,
+    // 413, 429
+    PayloadTooLarge,
+    RateLimited,
+    // 500, 503
+    Internal,
+    Unavailable,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedJson => "malformed_json",
+            ErrorCode::InvalidBody => "invalid_body",
+            ErrorCode::InvalidAfter => "invalid_after",
+            ErrorCode::InvalidCoordinates => "invalid_coordinates",
+            ErrorCode::InvalidIdempotencyKey => "invalid_idempotency_key",
+            ErrorCode::InvalidMessage => "invalid_message",
+            ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::UnsupportedFrame => "unsupported_frame",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::InvalidTransition => "invalid_transition",
+            ErrorCode::OfferExpired => "offer_expired",
+            ErrorCode::OfferAlreadyAnswered => "offer_already_answered",
+            ErrorCode::ActiveTripExists => "active_trip_exists",
+            ErrorCode::DriverBusy => "driver_busy",
+            ErrorCode::DriverUnavailable => "driver_unavailable",
+            ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

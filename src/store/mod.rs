@@ -1,0 +1,339 @@
+//! The store: the source of truth (DESIGN §1). sqlx over SQLite (embedded default) or
+//! PostgreSQL, through sqlx's `Any` driver so both run the very same queries.
+//!
+//! Every trip change is one transaction: `UPDATE trips ... WHERE id = $1 AND seq = $old`
+//! (the optimistic version check) plus one `trip_events` row at the new seq, plus what the
+//! change implies for offers ([`trips`]). Offers are rows ([`offers`]); the dispatch lease
+//! and the node list are rows too ([`cluster`]). Constraints — not only code — forbid
+//! double assignment and double offers (see `migrations/`). Transactions that lose a race
+//! or hit a serialization failure are retried a bounded number of times.
+
+mod accounts;
+mod cluster;
+mod offers;
+mod trips;
+
+use std::{
+    borrow::Cow,
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use rand::RngExt;
+use sqlx::{
+    AnyPool, SqlSafeStr,
+    any::AnyPoolOptions,
+    migrate::{Migration, MigrationType, Migrator},
+};
+
+pub use cluster::{Fence, Lease, NodeRow};
+pub use offers::{NewOffer, OfferRecord, OfferState};
+pub use trips::{Cause, ClosedOffer, Creation, NewTrip, Transition};
+
+use crate::trip::InvalidTransition;
+
+/// The schema, embedded so the binary migrates any empty database on its own.
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/0001_init.sql")),
+    (
+        2,
+        "cluster",
+        include_str!("../../migrations/0002_cluster.sql"),
+    ),
+];
+
+/// How often a transaction that lost a race or hit a serialization failure is tried again.
+const MAX_ATTEMPTS: u32 = 8;
+
+/// PostgreSQL ends a transaction whose client went quiet in the middle of it for this
+/// long. hail's transactions never wait on anything but the database between statements,
+/// so only a stopped process (SIGSTOP, a stalled VM) trips it — and such a process must
+/// not keep holding row locks, above all the dispatch lease's, which would keep every
+/// standby from taking over.
+const IDLE_IN_TRANSACTION_MS: u64 = 2_000;
+
+/// Most terminal trips in an operator snapshot (DESIGN §3).
+pub const SNAPSHOT_TERMINAL_TRIPS: i64 = 1_000;
+
+/// Most events in one page of `events_after`.
+pub const EVENTS_PAGE: i64 = 1_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error(transparent)]
+    InvalidTransition(#[from] InvalidTransition),
+    /// The trip exists but the caller may not change it (answered like an unknown one).
+    #[error("not this caller's trip")]
+    NotYours,
+    #[error("the driver already has an active trip")]
+    DriverBusy,
+    #[error("the passenger already has an active trip")]
+    PassengerBusy,
+    #[error("this Idempotency-Key was already used for a different trip")]
+    IdempotencyKeyReused,
+    #[error("the offer lapsed")]
+    OfferLapsed,
+    #[error("the offer was withdrawn")]
+    OfferWithdrawn,
+    #[error("the offer was already answered")]
+    OfferAnswered,
+    /// The offer was open but its trip is no longer waiting.
+    #[error("the trip is no longer available")]
+    TripGone,
+    /// Dispatch: the driver holds another open offer (unique index).
+    #[error("the driver holds another open offer")]
+    DriverHasOffer,
+    /// Dispatch: the trip has an open offer already (unique index).
+    #[error("the trip has an open offer")]
+    TripHasOffer,
+    /// Dispatch: the writer's lease epoch is not the current one; it must step down.
+    #[error("the dispatch lease moved on: this node no longer leads dispatch")]
+    Fenced,
+    #[error("too much contention; retry")]
+    Contention,
+    #[error("the store is unreachable: {0}")]
+    Unavailable(sqlx::Error),
+    #[error("store error: {0}")]
+    Database(sqlx::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                // PostgreSQL: admin shutdown, cannot connect now, connection failures,
+                // and a read-only transaction (a standby that has not been promoted).
+                Some(
+                    "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006" | "08001" | "25006",
+                ) => StoreError::Unavailable(error),
+                // SQLite: disk I/O error, cannot open the file.
+                Some("10" | "14") => StoreError::Unavailable(error),
+                _ => StoreError::Database(error),
+            },
+            _ => StoreError::Database(error),
+        }
+    }
+}
+
+impl StoreError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Cheap to clone: the pool is an `Arc` inside.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: &'static str,
+    /// While set, every operation fails as if the database were unreachable: outage
+    /// drills and tests of the 503 path on stores that cannot be stopped from outside.
+    simulated_outage: Arc<AtomicBool>,
+}
+
+impl Store {
+    /// Connects, creating a missing SQLite file, and brings the schema up to date.
+    /// Migrations take PostgreSQL's advisory lock, so several nodes may start at once.
+    pub async fn connect(
+        database_url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> anyhow::Result<Store> {
+        sqlx::any::install_default_drivers();
+        let (url, backend) = if database_url.starts_with("sqlite:") {
+            let url = if database_url.contains("mode=") || database_url.contains(":memory:") {
+                database_url.to_string()
+            } else if database_url.contains('?') {
+                format!("{database_url}&mode=rwc")
+            } else {
+                format!("{database_url}?mode=rwc")
+            };
+            (url, "sqlite")
+        } else if database_url.starts_with("postgres:") || database_url.starts_with("postgresql:") {
+            (database_url.to_string(), "postgres")
+        } else {
+            anyhow::bail!("HAIL_DATABASE_URL must start with sqlite:// or postgres://");
+        };
+        let mut options = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(acquire_timeout);
+        if backend == "sqlite" {
+            // A file has no server that drops idle connections: no pings, no reaping.
+            // (This also keeps the pool free of timers, so tests can pause tokio's clock.)
+            options = options
+                .test_before_acquire(false)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        let pool = options
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if backend == "sqlite" {
+                        // WAL lets readers run beside the writer; FULL syncs the WAL on
+                        // every commit, so an acknowledged change survives power loss,
+                        // not only kill -9.
+                        sqlx::raw_sql(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                        )
+                        .execute(&mut *connection)
+                        .await?;
+                    } else {
+                        let set = format!(
+                            "SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}"
+                        );
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(set))
+                            .execute(&mut *connection)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        let migrations = MIGRATIONS
+            .iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*description),
+                    MigrationType::Simple,
+                    sqlx::AssertSqlSafe(*sql).into_sql_str(),
+                    false,
+                )
+            })
+            .collect();
+        let migrator = Migrator::with_migrations(migrations);
+        // PostgreSQL serializes nodes migrating at once with an advisory lock; SQLite has
+        // none, so a process that lost the race sees the winner's schema on a retry.
+        let mut attempt = 0;
+        while let Err(error) = migrator.run(&pool).await {
+            attempt += 1;
+            if attempt == MAX_ATTEMPTS {
+                return Err(error.into());
+            }
+            tracing::debug!(%error, attempt, "migration raced another node; retrying");
+            backoff(attempt).await;
+        }
+        Ok(Store {
+            pool,
+            backend,
+            simulated_outage: Arc::default(),
+        })
+    }
+
+    /// The pool, unless an outage is being simulated.
+    fn pool(&self) -> Result<&AnyPool, sqlx::Error> {
+        if self.simulated_outage.load(Ordering::Relaxed) {
+            let error =
+                std::io::Error::new(std::io::ErrorKind::NotConnected, "simulated store outage");
+            return Err(sqlx::Error::Io(error));
+        }
+        Ok(&self.pool)
+    }
+
+    /// Makes the store act unreachable (`true`) or reachable again (`false`).
+    pub fn simulate_outage(&self, down: bool) {
+        self.simulated_outage.store(down, Ordering::Relaxed);
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// Readiness: the store answers a query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        retrying(|| async { sqlx::query("SELECT 1").execute(self.pool()?).await }).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+enum Unique {
+    Driver,
+    Passenger,
+    IdempotencyKey,
+    OfferDriver,
+    OfferTrip,
+}
+
+/// Which of our unique constraints `error` violated. PostgreSQL names the index; SQLite
+/// only lists the columns, so both are checked.
+fn unique_violation(error: &sqlx::Error) -> Option<Unique> {
+    let sqlx::Error::Database(db) = error else {
+        return None;
+    };
+    if !db.is_unique_violation() {
+        return None;
+    }
+    let text = format!("{} {}", db.constraint().unwrap_or_default(), db.message());
+    if text.contains("idempotency_key") {
+        Some(Unique::IdempotencyKey)
+    } else if text.contains("offers_one_open_per_driver") || text.contains("offers.driver_id") {
+        Some(Unique::OfferDriver)
+    } else if text.contains("offers_one_open_per_trip") || text.contains("offers.trip_id") {
+        Some(Unique::OfferTrip)
+    } else if text.contains("one_active_per_driver") || text.contains("trips.driver_id") {
+        Some(Unique::Driver)
+    } else if text.contains("one_active_per_passenger") || text.contains("trips.passenger_id") {
+        Some(Unique::Passenger)
+    } else {
+        None
+    }
+}
+
+/// Serialization failures and deadlocks (PostgreSQL and PostgreSQL-wire databases under
+/// SERIALIZABLE — where even a lone read can be cancelled "during read") and SQLite's
+/// busy/locked answers: the statement did nothing, try again. Reads go through
+/// [`retrying`] as much as writes do.
+fn is_retryable(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = error else {
+        return false;
+    };
+    matches!(
+        db.code().as_deref(),
+        Some("40001" | "40P01" | "5" | "6" | "261" | "517")
+    )
+}
+
+/// Runs an operation until it does not fail with a retryable error, at most
+/// [`MAX_ATTEMPTS`] times.
+async fn retrying<T, F, Fut>(mut operation: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        match operation().await {
+            Err(error) if is_retryable(&error) && attempt + 1 < MAX_ATTEMPTS => {
+                backoff(attempt).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn backoff(attempt: u32) {
+    let base_ms = 2u64 << attempt.min(6);
+    let jitter_ms = rand::rng().random_range(0..=base_ms);
+    tokio::time::sleep(Duration::from_millis(base_ms + jitter_ms)).await;
+}
