@@ -275,6 +275,21 @@ async fn journey(server: &mut TestServer, browser: &Browser) {
         )
         .await;
 
+    // The cluster panel: one node, leading dispatch.
+    let node = server.app().node.id.clone();
+    browser
+        .eventually(
+            "the cluster panel",
+            &format!(
+                "const row = document.querySelector('#cluster-body tr[data-node=\"' + {} + '\"]');
+                 return !!row && !!row.querySelector('.badge.leader')
+                   && document.getElementById('cluster-summary').textContent.includes('leader');",
+                json!(node)
+            ),
+            |shown| shown == &json!(true),
+        )
+        .await;
+
     // A fleet across Seoul, over real driver sockets; one says it is not taking rides.
     let places = [
         at(37.4985, 127.0276), // Gangnam station

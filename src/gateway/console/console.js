@@ -1185,6 +1185,55 @@
     if (session.token) invalidate('panels');
   }, 5_000);
 
+  // ---------------------------------------------------------------- cluster
+
+  /// The nodes, the dispatch leader and the lease epoch, from whichever node serves this
+  /// page: every node reads them from the store, so every node shows the same.
+  const CLUSTER_EVERY_MS = 3_000;
+  /// A node not heard from for this long is shown as down.
+  const NODE_SILENT_MS = 5_000;
+
+  async function refreshCluster() {
+    if (!session.token) return;
+    let cluster;
+    try {
+      cluster = await api('GET', '/v1/ops/cluster');
+    } catch (error) {
+      $('cluster-error').textContent = `Cluster view unavailable: ${describe(error)}`;
+      $('cluster-error').hidden = false;
+      return;
+    }
+    $('cluster-error').hidden = true;
+    const now = Date.now();
+    const up = cluster.nodes.filter((node) => now - Date.parse(node.last_seen) < NODE_SILENT_MS);
+    $('cluster-summary').textContent = cluster.leader
+      ? `${up.length} of ${cluster.nodes.length} up · leader ${cluster.leader} · epoch ${cluster.epoch}`
+      : `${up.length} of ${cluster.nodes.length} up · no leader (epoch ${cluster.epoch})`;
+    const body = $('cluster-body');
+    body.replaceChildren(
+      ...cluster.nodes.map((node) => {
+        const silent = now - Date.parse(node.last_seen) >= NODE_SILENT_MS;
+        const here = node.url.endsWith(`//${location.host}`);
+        const name = element('td', {}, [
+          element('span', { text: node.id, className: 'node-id' }),
+          ...(node.leader ? [element('span', { text: 'leader', className: 'badge leader' })] : []),
+          ...(here ? [element('span', { text: 'this page', className: 'badge muted' })] : []),
+          ...(silent ? [element('span', { text: 'down', className: 'badge down' })] : []),
+        ]);
+        name.title = node.url;
+        const row = element('tr', { className: silent ? 'silent' : '' }, [
+          name,
+          element('td', { text: integer.format(node.drivers_connected) }),
+          element('td', { text: integer.format(node.sockets) }),
+          element('td', { text: age(node.last_seen) }),
+        ]);
+        row.dataset.node = node.id;
+        return row;
+      }),
+    );
+  }
+  setInterval(refreshCluster, CLUSTER_EVERY_MS);
+
   // ---------------------------------------------------------------- inspector
 
   function selectedTrip() {
@@ -1707,6 +1756,7 @@
     view.placed = false;
     applySnapshot(snapshot);
     connect();
+    refreshCluster();
   }
 
   function signOut(message) {
