@@ -78,6 +78,9 @@ impl Note {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope {
     pub node: String,
+    /// When the sending process started: a node restarted under the same id is a new
+    /// incarnation, and the drivers its predecessor held are gone with it.
+    pub incarnation: Timestamp,
     pub sent_at: Timestamp,
     pub note: Note,
 }
@@ -86,6 +89,7 @@ pub struct Envelope {
 #[derive(Clone)]
 pub struct Bus {
     node: Arc<str>,
+    incarnation: Timestamp,
     nats: Option<Nats>,
     metrics: Arc<Metrics>,
 }
@@ -101,6 +105,7 @@ impl Bus {
     pub fn none(node: &str, metrics: Arc<Metrics>) -> Bus {
         Bus {
             node: Arc::from(node),
+            incarnation: Timestamp::now(),
             nats: None,
             metrics,
         }
@@ -112,6 +117,7 @@ impl Bus {
     pub async fn connect(
         urls: &str,
         node: &str,
+        incarnation: Timestamp,
         metrics: Arc<Metrics>,
         shutdown: Shutdown,
     ) -> anyhow::Result<(Bus, mpsc::Receiver<Envelope>)> {
@@ -190,6 +196,7 @@ impl Bus {
         Ok((
             Bus {
                 node: Arc::from(node),
+                incarnation,
                 nats: Some(Nats { client, outbox }),
                 metrics,
             },
@@ -212,6 +219,7 @@ impl Bus {
         let subject = note.subject();
         let envelope = Envelope {
             node: self.node.to_string(),
+            incarnation: self.incarnation,
             sent_at: Timestamp::now(),
             note,
         };

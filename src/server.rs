@@ -113,8 +113,14 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     let metrics = Arc::new(Metrics::new());
     let (bus, bus_inbox) = match &config.cluster.bus_url {
         Some(urls) => {
-            let (bus, inbox) =
-                Bus::connect(urls, &node.id, metrics.clone(), shutdown.clone()).await?;
+            let (bus, inbox) = Bus::connect(
+                urls,
+                &node.id,
+                node.started_at,
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .await?;
             (bus, Some(inbox))
         }
         None => (Bus::none(&node.id, metrics.clone()), None),

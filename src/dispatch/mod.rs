@@ -353,6 +353,16 @@ impl DispatchLoop {
                     let refusal = match &error {
                         StoreError::Fenced => return Err(error),
                         StoreError::TripGone => Refusal::TripGone,
+                        StoreError::DriverBusy => {
+                            // This node missed the news of the driver's trip: learn it
+                            // from the store, so the driver is not tried again.
+                            if let Ok(Some(trip)) =
+                                self.store.active_trip_of_driver(&offer.driver_id).await
+                            {
+                                self.fleet.set_trip(&offer.driver_id, Some(trip.id));
+                            }
+                            Refusal::Unavailable
+                        }
                         StoreError::DriverHasOffer | StoreError::TripHasOffer => Refusal::Conflict,
                         _ => {
                             tracing::warn!(%error, "could not make an offer; will retry");

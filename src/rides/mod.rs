@@ -44,8 +44,9 @@ pub struct Rides {
     pub tally: Tally,
     pub config: DispatchConfig,
     pub tariff: Tariff,
-    /// When each other node was last heard on the bus. A std `Mutex`: one map operation.
-    nodes_heard: Mutex<HashMap<Arc<str>, Instant>>,
+    /// When each other node was last heard on the bus, and its incarnation. A std
+    /// `Mutex`: one map operation.
+    nodes_heard: Mutex<HashMap<Arc<str>, (Instant, Timestamp)>>,
 }
 
 /// Where a note comes from.
@@ -100,7 +101,17 @@ impl Rides {
     /// A note another node published.
     pub fn receive(&self, envelope: Envelope, now: Instant) {
         let node: Arc<str> = Arc::from(envelope.node.as_str());
-        self.nodes_heard.lock().unwrap().insert(node.clone(), now);
+        let previous = self
+            .nodes_heard
+            .lock()
+            .unwrap()
+            .insert(node.clone(), (now, envelope.incarnation));
+        if previous.is_some_and(|(_, incarnation)| incarnation != envelope.incarnation) {
+            // The node restarted (faster than it could be missed): the sockets its
+            // predecessor held are gone; drivers that reconnect to it say so again.
+            let lost = self.fleet.node_lost(&node);
+            tracing::info!(%node, drivers = lost.len(), "node restarted");
+        }
         match &envelope.note {
             Note::Fleet { records } => {
                 let applied = self.fleet.apply_records(&node, records, now);
@@ -130,7 +141,7 @@ impl Rides {
             let mut heard = self.nodes_heard.lock().unwrap();
             let silent = heard
                 .iter()
-                .filter(|(_, at)| now.saturating_duration_since(**at) > NODE_SILENT_AFTER)
+                .filter(|(_, (at, _))| now.saturating_duration_since(*at) > NODE_SILENT_AFTER)
                 .map(|(node, _)| node.clone())
                 .collect::<Vec<_>>();
             for node in &silent {

@@ -264,6 +264,17 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// The row `sql` finds for one key (its one bind parameter), if any.
+    async fn row_for(&self, sql: &str, key: &str) -> Result<Option<sqlx::any::AnyRow>, StoreError> {
+        Ok(retrying(|| async {
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+                .bind(key)
+                .fetch_optional(self.pool()?)
+                .await
+        })
+        .await?)
+    }
 }
 
 enum Unique {

@@ -127,9 +127,10 @@ impl ClosedOffer {
 }
 
 impl Store {
-    /// Makes an offer, if `fence` still holds the lease and the trip is still waiting.
-    /// The trip row is locked (a no-op update) so a concurrent cancel either commits first
-    /// — and the offer is refused — or waits and then withdraws this offer with the trip.
+    /// Makes an offer, if `fence` still holds the lease, the trip is still waiting and the
+    /// driver is on no trip (the leader's fleet may have missed that news). The trip row
+    /// is locked (a no-op update) so a concurrent cancel either commits first — and the
+    /// offer is refused — or waits and then withdraws this offer with the trip.
     pub async fn make_offer(&self, offer: &NewOffer, fence: &Fence) -> Result<(), StoreError> {
         let result = retrying(|| async {
             let mut tx = self.pool()?.begin().await?;
@@ -145,6 +146,17 @@ impl Store {
             if waiting.rows_affected() == 0 {
                 tx.rollback().await?;
                 return Ok(Err(StoreError::TripGone));
+            }
+            let busy: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM trips WHERE driver_id = $1 \
+                 AND state IN ('accepted', 'arrived', 'in_progress')",
+            )
+            .bind(&offer.driver_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if busy.is_some() {
+                tx.rollback().await?;
+                return Ok(Err(StoreError::DriverBusy));
             }
             sqlx::query(
                 "INSERT INTO offers (id, trip_id, driver_id, epoch, made_at, expires_at, state, \
@@ -180,13 +192,7 @@ impl Store {
 
     pub async fn offer(&self, offer_id: &str) -> Result<Option<OfferRecord>, StoreError> {
         let sql = format!("SELECT {OFFER_COLUMNS} FROM offers WHERE id = $1");
-        let row = retrying(|| async {
-            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(offer_id)
-                .fetch_optional(self.pool()?)
-                .await
-        })
-        .await?;
+        let row = self.row_for(&sql, offer_id).await?;
         row.map(|row| offer_from_row(&row)).transpose()
     }
 
@@ -365,13 +371,7 @@ impl Store {
     ) -> Result<Option<(NewOffer, Trip)>, StoreError> {
         let sql =
             format!("SELECT {OFFER_COLUMNS} FROM offers WHERE driver_id = $1 AND state = 'open'");
-        let row = retrying(|| async {
-            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(driver_id)
-                .fetch_optional(self.pool()?)
-                .await
-        })
-        .await?;
+        let row = self.row_for(&sql, driver_id).await?;
         let Some(record) = row.map(|row| offer_from_row(&row)).transpose()? else {
             return Ok(None);
         };

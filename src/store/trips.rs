@@ -184,13 +184,7 @@ impl Store {
 
     pub async fn trip(&self, id: &str) -> Result<Option<Trip>, StoreError> {
         let sql = format!("SELECT {TRIP_COLUMNS} FROM trips WHERE id = $1");
-        let row = retrying(|| async {
-            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(id)
-                .fetch_optional(self.pool()?)
-                .await
-        })
-        .await?;
+        let row = self.row_for(&sql, id).await?;
         row.map(|row| trip_from_row(&row)).transpose()
     }
 
@@ -492,13 +486,7 @@ impl Store {
             "SELECT {TRIP_COLUMNS} FROM trips WHERE driver_id = $1 \
              AND state IN ('accepted', 'arrived', 'in_progress')"
         );
-        let row = retrying(|| async {
-            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                .bind(driver_id)
-                .fetch_optional(self.pool()?)
-                .await
-        })
-        .await?;
+        let row = self.row_for(&sql, driver_id).await?;
         row.map(|row| trip_from_row(&row)).transpose()
     }
 }
