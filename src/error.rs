@@ -152,7 +152,9 @@ impl From<StoreError> for ApiError {
                 ApiError::unavailable("too much contention on this trip; retry")
             }
             StoreError::Unavailable(e) => {
-                tracing::warn!(error = %e, "store unavailable");
+                // Said once per outage by the store and /readyz; per request it would
+                // bury the log under every client's retries.
+                tracing::debug!(error = %e, "store unavailable");
                 ApiError::unavailable("the store is unavailable; nothing was changed, retry later")
             }
             StoreError::DriverHasOffer | StoreError::TripHasOffer | StoreError::Fenced => {

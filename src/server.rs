@@ -144,6 +144,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
             shutdown.clone(),
         )),
         tokio::spawn(sweep(rides.clone(), shutdown.clone())),
+        // Several store addresses: follow the primary (a no-op for one address).
+        tokio::spawn(store.clone().follow_primary(shutdown.clone())),
     ];
     if let Some(inbox) = bus_inbox {
         tasks.push(tokio::spawn(receive(rides.clone(), inbox)));

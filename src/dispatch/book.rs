@@ -254,6 +254,46 @@ impl Book {
         );
     }
 
+    /// Brings the book in line with the store — every waiting trip with its exclusions,
+    /// every open offer — keeping what the book knows beyond it (when a trip was first
+    /// offered, an offer being closed). What it holds that the store does not was settled
+    /// elsewhere meanwhile, and news of it was lost: it is forgotten, and its trip and
+    /// driver are searched again.
+    pub fn sync(
+        &mut self,
+        waiting: &[(Trip, Vec<String>)],
+        open: &[OfferRecord],
+        now: Instant,
+        wall: Timestamp,
+    ) {
+        let waiting_ids: HashSet<&str> = waiting.iter().map(|(trip, _)| trip.id.as_str()).collect();
+        self.trips.retain(|id, _| waiting_ids.contains(id.as_str()));
+        for (trip, excluded) in waiting {
+            self.submit(trip, excluded.iter().cloned(), now, wall);
+        }
+        let open_ids: HashSet<&str> = open.iter().map(|record| record.offer.id.as_str()).collect();
+        let settled: Vec<String> = self
+            .offers
+            .keys()
+            .filter(|id| !open_ids.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for offer_id in settled {
+            self.forget_offer(&offer_id);
+            self.fleet_changed = true;
+        }
+        for record in open {
+            if !self.offers.contains_key(&record.offer.id) {
+                self.adopt(record, now, wall);
+            }
+        }
+        for pending in self.trips.values_mut() {
+            if pending.offer.is_none() {
+                pending.next_search = pending.next_search.min(now);
+            }
+        }
+    }
+
     /// The trip left `requested` (accepted, cancelled, expired, assigned): stop
     /// dispatching it. Its open offer was closed in the same transaction.
     pub fn trip_closed(&mut self, trip_id: &str) {
@@ -732,6 +772,51 @@ mod tests {
                 trip_id: "t".into()
             }],
             "requested 120 s ago"
+        );
+    }
+
+    /// The periodic reload: what the store says wins; what the book knows beyond it (a
+    /// first offer's time) stays.
+    #[test]
+    fn sync_follows_the_store_and_keeps_what_it_knows() {
+        let (now, wall) = (Instant::now(), Timestamp(1_000_000));
+        let fleet = fleet(&[("a", 100.0), ("b", 200.0)], now);
+        let mut book = book();
+        book.submit(&trip("kept", wall), [], now, wall);
+        book.submit(&trip("settled", wall), [], now, wall);
+        let (effects, _) = book.step(&fleet, now, wall);
+        assert_eq!(offers(&effects).len(), 2);
+        let kept_offer = effects
+            .iter()
+            .find_map(|e| match e {
+                Effect::Offer { offer, .. } if offer.trip_id == "kept" => Some(offer.clone()),
+                _ => None,
+            })
+            .unwrap();
+        // The store: "settled" was accepted elsewhere (news lost), its offer closed; "kept"
+        // waits with its offer lapsed meanwhile; a new trip appeared.
+        let waiting = vec![
+            (trip("kept", wall), vec![]),
+            (trip("new", wall), vec!["b".to_string()]),
+        ];
+        book.sync(&waiting, &[], now, wall);
+        assert_eq!(book.pending_trips(), 2);
+        assert_eq!(
+            book.open_offers(),
+            0,
+            "offers the store does not hold are forgotten"
+        );
+        assert_eq!(book.offer_of(&kept_offer.driver_id), None);
+        let (effects, _) = book.step(&fleet, now, wall);
+        let made = offers(&effects);
+        assert_eq!(made.len(), 2, "both waiting trips offered again: {made:?}");
+        assert!(
+            made.contains(&("new", "a")),
+            "the new trip's exclusion held: {made:?}"
+        );
+        assert!(
+            effects.iter().all(|e| !matches!(e, Effect::Offer { offer, first_after: Some(_), .. } if offer.trip_id == "kept")),
+            "the kept trip was offered before: not a first offer"
         );
     }
 

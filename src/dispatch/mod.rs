@@ -216,6 +216,7 @@ impl DispatchLoop {
     pub async fn lead(&mut self, fence: Fence, now: Instant) -> Result<usize, StoreError> {
         self.fence = Some(fence);
         self.handle.leading.store(true, Ordering::Relaxed);
+        self.book.clear();
         self.reload(now).await
     }
 
@@ -231,24 +232,19 @@ impl DispatchLoop {
         while self.inbox.try_recv().is_ok() {}
     }
 
-    /// Re-reads waiting trips and open offers; what the book knew of them is replaced.
+    /// Re-reads waiting trips and open offers and brings the book in line with them.
     async fn reload(&mut self, now: Instant) -> Result<usize, StoreError> {
         // Anything queued before the reload is in what it reads.
         while self.inbox.try_recv().is_ok() {}
         self.handle.missed.store(false, Ordering::Relaxed);
         let waiting = self.store.waiting_trips().await?;
         let offers = self.store.open_offers().await?;
-        let wall = Timestamp::at(now);
-        self.book.clear();
-        for (trip, excluded) in &waiting {
-            self.book.submit(trip, excluded.iter().cloned(), now, wall);
-        }
+        self.book.sync(&waiting, &offers, now, Timestamp::at(now));
         for offer in &offers {
-            self.book.adopt(offer, now, wall);
             self.fleet
                 .set_offer(&offer.offer.driver_id, &offer.offer.id, true);
         }
-        self.book.driver_available();
+        self.book.out_of_step = false;
         self.reloaded_at = Some(now);
         self.handle.pending.store(waiting.len(), Ordering::Relaxed);
         Ok(waiting.len())

@@ -27,8 +27,9 @@ use crate::{
     trip::{EventKind, Role, TripEvent},
 };
 
-/// How often a stream that heard nothing asks the store for the trip's latest seq: a lost
-/// *last* event (a bus message that never came) arrives within this.
+/// How often a stream that heard nothing asks the store for the trip's latest seq, in a
+/// cluster: a lost *last* event (a bus message that never came) arrives within this. One
+/// node has no bus to lose anything, and does not ask.
 const IDLE_CHECK: Duration = Duration::from_secs(3);
 
 #[utoipa::path(get, path = "/v1/trips/{id}/ws", tag = "sockets", security(("bearer" = [])),
@@ -85,6 +86,7 @@ async fn run(
         return;
     }
     let mut keepalive = tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
+    let clustered = state.rides.bus.is_clustered();
     let mut idle_check = tokio::time::interval_at(Instant::now() + IDLE_CHECK, IDLE_CHECK);
     let mut last_heard = Instant::now();
     loop {
@@ -118,7 +120,7 @@ async fn run(
                 // Nothing is expected from the client; any frame proves it is alive.
                 Some(Ok(_)) => last_heard = Instant::now(),
             },
-            _ = idle_check.tick() => {
+            _ = idle_check.tick(), if clustered => {
                 let behind = state.rides.store.latest_seq(trip_id).await.is_ok_and(|seq| seq > last_seq);
                 if behind && catch_up(state, trip_id, &mut last_seq, driver, &mut socket).await.is_err() {
                     return;

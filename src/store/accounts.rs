@@ -40,7 +40,7 @@ impl Store {
             .bind(vehicle_plate)
             .bind(&hash)
             .bind(created_at)
-            .execute(self.pool()?)
+            .execute(&self.pool()?)
             .await
         })
         .await?;
@@ -55,7 +55,7 @@ impl Store {
         let row = retrying(|| async {
             sqlx::query("SELECT id, role FROM accounts WHERE token_hash = $1")
                 .bind(hash)
-                .fetch_optional(self.pool()?)
+                .fetch_optional(&self.pool()?)
                 .await
         })
         .await?;
@@ -72,7 +72,7 @@ impl Store {
         let role: Option<String> = retrying(|| async {
             sqlx::query_scalar("SELECT role FROM accounts WHERE id = $1")
                 .bind(id)
-                .fetch_optional(self.pool()?)
+                .fetch_optional(&self.pool()?)
                 .await
         })
         .await?;

@@ -86,7 +86,7 @@ impl Store {
             } else {
                 query.bind(now.millis())
             };
-            query.fetch_optional(self.pool()?).await
+            query.fetch_optional(&self.pool()?).await
         })
         .await?;
         match epoch {
@@ -111,7 +111,7 @@ impl Store {
             .bind(expires_at.millis())
             .bind(&fence.holder)
             .bind(fence.epoch)
-            .execute(self.pool()?)
+            .execute(&self.pool()?)
             .await
         })
         .await?;
@@ -127,7 +127,7 @@ impl Store {
             )
             .bind(&fence.holder)
             .bind(fence.epoch)
-            .execute(self.pool()?)
+            .execute(&self.pool()?)
             .await
         })
         .await?;
@@ -139,7 +139,7 @@ impl Store {
             sqlx::query(
                 "SELECT holder, epoch, expires_at FROM dispatch_lease WHERE name = 'dispatch'",
             )
-            .fetch_one(self.pool()?)
+            .fetch_one(&self.pool()?)
             .await
         })
         .await?;
@@ -185,7 +185,7 @@ impl Store {
             sqlx::query(
                 "SELECT id, url, drivers_connected, sockets, started_at, last_seen FROM nodes ORDER BY id",
             )
-            .fetch_all(self.pool()?)
+            .fetch_all(&self.pool()?)
             .await
         })
         .await?;

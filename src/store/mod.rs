@@ -10,6 +10,7 @@
 
 mod accounts;
 mod cluster;
+pub mod hosts;
 mod offers;
 mod trips;
 
@@ -17,7 +18,7 @@ use std::{
     borrow::Cow,
     future::Future,
     sync::{
-        Arc,
+        Arc, RwLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -135,26 +136,83 @@ impl StoreError {
     }
 }
 
-/// Cheap to clone: the pool is an `Arc` inside.
+/// Cheap to clone: everything is behind an `Arc`.
 #[derive(Clone)]
 pub struct Store {
-    pool: AnyPool,
     backend: &'static str,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The pool of the database written to. A std `RwLock`, read (an `Arc` cloned) by
+    /// every query and written only when a multi-host URL's writable host changes.
+    pool: RwLock<AnyPool>,
+    /// A multi-host PostgreSQL URL's hosts, each as a single-host URL ([`hosts`]).
+    hosts: Vec<String>,
+    max_connections: u32,
+    acquire_timeout: Duration,
+    /// No writable host is known (the primary was lost and none has been promoted, or
+    /// two claim to be): fail at once with `Unavailable` rather than wait on a pool.
+    lost: AtomicBool,
     /// While set, every operation fails as if the database were unreachable: outage
     /// drills and tests of the 503 path on stores that cannot be stopped from outside.
-    simulated_outage: Arc<AtomicBool>,
+    simulated_outage: AtomicBool,
+}
+
+/// Pool settings per store: SQLite's pragmas, PostgreSQL's session limits.
+fn pool_options(
+    backend: &'static str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> AnyPoolOptions {
+    let mut options = AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout);
+    if backend == "sqlite" {
+        // A file has no server that drops idle connections: no pings, no reaping.
+        // (This also keeps the pool free of timers, so tests can pause tokio's clock.)
+        options = options
+            .test_before_acquire(false)
+            .idle_timeout(None)
+            .max_lifetime(None);
+    }
+    options.after_connect(move |connection, _| {
+        Box::pin(async move {
+            if backend == "sqlite" {
+                // WAL lets readers run beside the writer; FULL syncs the WAL on every
+                // commit, so an acknowledged change survives power loss, not only kill -9.
+                sqlx::raw_sql(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                )
+                .execute(&mut *connection)
+                .await?;
+            } else {
+                let set =
+                    format!("SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(set))
+                    .execute(&mut *connection)
+                    .await?;
+            }
+            Ok(())
+        })
+    })
 }
 
 impl Store {
     /// Connects, creating a missing SQLite file, and brings the schema up to date.
     /// Migrations take PostgreSQL's advisory lock, so several nodes may start at once.
+    ///
+    /// A PostgreSQL URL may name several hosts (`postgres://u@h1:5432,h2:5433/hail`, as
+    /// libpq takes them): hail writes to the one that is not in recovery, and
+    /// [`Store::follow_primary`] moves to another when it is lost ([`hosts`]).
     pub async fn connect(
         database_url: &str,
         max_connections: u32,
         acquire_timeout: Duration,
     ) -> anyhow::Result<Store> {
         sqlx::any::install_default_drivers();
-        let (url, backend) = if database_url.starts_with("sqlite:") {
+        let (url, backend, hosts) = if database_url.starts_with("sqlite:") {
             let url = if database_url.contains("mode=") || database_url.contains(":memory:") {
                 database_url.to_string()
             } else if database_url.contains('?') {
@@ -162,47 +220,25 @@ impl Store {
             } else {
                 format!("{database_url}?mode=rwc")
             };
-            (url, "sqlite")
+            (url, "sqlite", Vec::new())
         } else if database_url.starts_with("postgres:") || database_url.starts_with("postgresql:") {
-            (database_url.to_string(), "postgres")
+            let hosts = hosts::split(database_url)?;
+            let url = if hosts.len() > 1 {
+                hosts::writable(&hosts, acquire_timeout)
+                    .await
+                    .map_err(anyhow::Error::msg)?
+            } else {
+                database_url.to_string()
+            };
+            (
+                url,
+                "postgres",
+                if hosts.len() > 1 { hosts } else { Vec::new() },
+            )
         } else {
             anyhow::bail!("HAIL_DATABASE_URL must start with sqlite:// or postgres://");
         };
-        let mut options = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(acquire_timeout);
-        if backend == "sqlite" {
-            // A file has no server that drops idle connections: no pings, no reaping.
-            // (This also keeps the pool free of timers, so tests can pause tokio's clock.)
-            options = options
-                .test_before_acquire(false)
-                .idle_timeout(None)
-                .max_lifetime(None);
-        }
-        let pool = options
-            .after_connect(move |connection, _| {
-                Box::pin(async move {
-                    if backend == "sqlite" {
-                        // WAL lets readers run beside the writer; FULL syncs the WAL on
-                        // every commit, so an acknowledged change survives power loss,
-                        // not only kill -9.
-                        sqlx::raw_sql(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
-                        )
-                        .execute(&mut *connection)
-                        .await?;
-                    } else {
-                        let set = format!(
-                            "SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_MS}"
-                        );
-                        sqlx::raw_sql(sqlx::AssertSqlSafe(set))
-                            .execute(&mut *connection)
-                            .await?;
-                    }
-                    Ok(())
-                })
-            })
+        let pool = pool_options(backend, max_connections, acquire_timeout)
             .connect(&url)
             .await?;
         let migrations = MIGRATIONS
@@ -230,25 +266,43 @@ impl Store {
             backoff(attempt).await;
         }
         Ok(Store {
-            pool,
             backend,
-            simulated_outage: Arc::default(),
+            shared: Arc::new(Shared {
+                pool: RwLock::new(pool),
+                hosts,
+                max_connections,
+                acquire_timeout,
+                lost: AtomicBool::new(false),
+                simulated_outage: AtomicBool::new(false),
+            }),
         })
     }
 
-    /// The pool, unless an outage is being simulated.
-    fn pool(&self) -> Result<&AnyPool, sqlx::Error> {
-        if self.simulated_outage.load(Ordering::Relaxed) {
-            let error =
-                std::io::Error::new(std::io::ErrorKind::NotConnected, "simulated store outage");
+    /// The pool, unless no writable database is known or an outage is being simulated.
+    fn pool(&self) -> Result<AnyPool, sqlx::Error> {
+        let shared = &self.shared;
+        if shared.simulated_outage.load(Ordering::Relaxed) || shared.lost.load(Ordering::Relaxed) {
+            let error = std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "no writable database (outage, or waiting for a primary)",
+            );
             return Err(sqlx::Error::Io(error));
         }
-        Ok(&self.pool)
+        Ok(shared
+            .pool
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone())
     }
 
     /// Makes the store act unreachable (`true`) or reachable again (`false`).
     pub fn simulate_outage(&self, down: bool) {
-        self.simulated_outage.store(down, Ordering::Relaxed);
+        self.shared.simulated_outage.store(down, Ordering::Relaxed);
+    }
+
+    /// Whether the URL named several hosts, so [`Self::follow_primary`] has work to do.
+    pub fn has_standbys(&self) -> bool {
+        !self.shared.hosts.is_empty()
     }
 
     pub fn backend(&self) -> &'static str {
@@ -257,12 +311,18 @@ impl Store {
 
     /// Readiness: the store answers a query.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        retrying(|| async { sqlx::query("SELECT 1").execute(self.pool()?).await }).await?;
+        retrying(|| async { sqlx::query("SELECT 1").execute(&self.pool()?).await }).await?;
         Ok(())
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        let pool = self
+            .shared
+            .pool
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        pool.close().await;
     }
 
     /// The row `sql` finds for one key (its one bind parameter), if any.
@@ -270,7 +330,7 @@ impl Store {
         Ok(retrying(|| async {
             sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
                 .bind(key)
-                .fetch_optional(self.pool()?)
+                .fetch_optional(&self.pool()?)
                 .await
         })
         .await?)

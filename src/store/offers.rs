@@ -2,6 +2,8 @@
 //! answered on whichever node the driver's request lands, each in one transaction. The
 //! partial unique indexes allow one open offer per trip and per driver, cluster-wide.
 
+use std::collections::HashMap;
+
 use sqlx::{Row, any::AnyRow};
 
 use super::{
@@ -357,7 +359,7 @@ impl Store {
         let sql = format!("SELECT {OFFER_COLUMNS} FROM offers WHERE state = 'open'");
         let rows = retrying(|| async {
             sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                .fetch_all(self.pool()?)
+                .fetch_all(&self.pool()?)
                 .await
         })
         .await?;
@@ -388,7 +390,7 @@ impl Store {
         let rows = retrying(|| async {
             sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(limit)
-                .fetch_all(self.pool()?)
+                .fetch_all(&self.pool()?)
                 .await
         })
         .await?;
@@ -407,13 +409,33 @@ impl Store {
     }
 
     /// Trips still `requested`, each with the drivers never to be offered it again.
+    /// Two reads whatever the number of trips: the leader re-reads this every few
+    /// seconds.
     pub async fn waiting_trips(&self) -> Result<Vec<(Trip, Vec<String>)>, StoreError> {
-        let mut waiting = Vec::new();
-        for trip in self.trips_in_states(&[TripState::Requested]).await? {
-            let excluded = self.exclusions(&trip.id).await?;
-            waiting.push((trip, excluded));
+        let trips = self.trips_in_states(&[TripState::Requested]).await?;
+        let rows = retrying(|| async {
+            sqlx::query(
+                "SELECT e.trip_id, e.driver_id FROM trip_exclusions e \
+                 JOIN trips t ON t.id = e.trip_id WHERE t.state = 'requested'",
+            )
+            .fetch_all(&self.pool()?)
+            .await
+        })
+        .await?;
+        let mut excluded: HashMap<String, Vec<String>> = HashMap::new();
+        for row in rows {
+            excluded
+                .entry(row.try_get("trip_id")?)
+                .or_default()
+                .push(row.try_get("driver_id")?);
         }
-        Ok(waiting)
+        Ok(trips
+            .into_iter()
+            .map(|trip| {
+                let drivers = excluded.remove(&trip.id).unwrap_or_default();
+                (trip, drivers)
+            })
+            .collect())
     }
 }
 

@@ -169,7 +169,7 @@ impl Store {
             sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(&new.passenger_id)
                 .bind(key)
-                .fetch_optional(self.pool()?)
+                .fetch_optional(&self.pool()?)
                 .await
         })
         .await?;
@@ -375,7 +375,7 @@ impl Store {
             .bind(trip_id)
             .bind(after)
             .bind(super::EVENTS_PAGE)
-            .fetch_all(self.pool()?)
+            .fetch_all(&self.pool()?)
             .await
         })
         .await?;
@@ -408,7 +408,7 @@ impl Store {
         let seq: Option<i64> = retrying(|| async {
             sqlx::query_scalar("SELECT seq FROM trips WHERE id = $1")
                 .bind(trip_id)
-                .fetch_optional(self.pool()?)
+                .fetch_optional(&self.pool()?)
                 .await
         })
         .await?;
@@ -419,7 +419,7 @@ impl Store {
         Ok(retrying(|| async {
             sqlx::query_scalar("SELECT driver_id FROM trip_exclusions WHERE trip_id = $1")
                 .bind(trip_id)
-                .fetch_all(self.pool()?)
+                .fetch_all(&self.pool()?)
                 .await
         })
         .await?)
@@ -433,7 +433,7 @@ impl Store {
         );
         let rows = retrying(|| async {
             sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                .fetch_all(self.pool()?)
+                .fetch_all(&self.pool()?)
                 .await
         })
         .await?;
@@ -447,7 +447,7 @@ impl Store {
                 "SELECT state, COUNT(*) AS n FROM trips \
                  WHERE state IN ('requested', 'accepted', 'arrived', 'in_progress') GROUP BY state",
             )
-            .fetch_all(self.pool()?)
+            .fetch_all(&self.pool()?)
             .await
         })
         .await?;
@@ -473,7 +473,7 @@ impl Store {
         let rows = retrying(|| async {
             sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(limit)
-                .fetch_all(self.pool()?)
+                .fetch_all(&self.pool()?)
                 .await
         })
         .await?;

@@ -702,12 +702,34 @@ impl NatsServer {
     }
 
     pub async fn start_on(port: u16) -> NatsServer {
+        NatsServer::spawn(port, &[]).await
+    }
+
+    /// One server of a NATS cluster: `cluster_port` for its routes, `route` to a peer.
+    pub async fn start_routed(cluster_port: u16, route: &str) -> NatsServer {
+        let cluster = format!("nats://127.0.0.1:{cluster_port}");
+        NatsServer::spawn(
+            free_port(),
+            &[
+                "--cluster_name",
+                "hail",
+                "--cluster",
+                &cluster,
+                "--routes",
+                route,
+            ],
+        )
+        .await
+    }
+
+    async fn spawn(port: u16, extra: &[&str]) -> NatsServer {
         let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
             .into_iter()
             .find(|path| std::path::Path::new(path).exists())
             .unwrap_or("nats-server");
         let child = Command::new(binary)
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)

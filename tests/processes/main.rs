@@ -7,5 +7,6 @@ mod common;
 
 mod chaos;
 mod cluster;
+mod fire_drill;
 mod invariants;
 mod recovery;
