@@ -1,0 +1,246 @@
+//! The fleet index against brute force and by hand.
+use super::*;
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+const STALE: Duration = Duration::from_secs(30);
+
+fn seoul() -> LatLng {
+    LatLng::new(37.5665, 126.9780).unwrap()
+}
+
+fn online(index: &mut FleetIndex, id: &str, at: LatLng, now: Instant) {
+    index.connect(id, None, now, Timestamp(1));
+    index.ping(id, at, None, now).unwrap();
+}
+
+#[test]
+fn nearest_matches_brute_force_while_drivers_move() {
+    let now = Instant::now();
+    let mut index = FleetIndex::new(STALE);
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut positions = HashMap::new();
+    for i in 0..2_000 {
+        let p = seoul().destination(
+            rng.random_range(0.0..360.0),
+            rng.random_range(0.0..15_000.0),
+        );
+        let id = format!("d{i}");
+        online(&mut index, &id, p, now);
+        positions.insert(id, p);
+    }
+    for round in 0..5 {
+        // Move everyone a little (some inside their box, some out of it).
+        for (id, p) in positions.iter_mut() {
+            *p = p.destination(rng.random_range(0.0..360.0), rng.random_range(0.0..400.0));
+            index.ping(id, *p, None, now).unwrap();
+        }
+        let pickup = seoul().destination(round as f64 * 70.0, 2_000.0);
+        let found = index.nearest_available(pickup, 3_000.0, 8, now, |_| false);
+        let mut expected: Vec<(f64, &String)> = positions
+            .iter()
+            .map(|(id, p)| (pickup.distance_m(p), id))
+            .filter(|(d, _)| *d <= 3_000.0)
+            .collect();
+        expected.sort_by(|a, b| a.0.total_cmp(&b.0));
+        expected.truncate(8);
+        let found_ids: Vec<&str> = found.iter().map(|c| &*c.driver_id).collect();
+        let expected_ids: Vec<&str> = expected.iter().map(|(_, id)| id.as_str()).collect();
+        assert_eq!(found_ids, expected_ids, "round {round}");
+        for (c, (d, _)) in found.iter().zip(&expected) {
+            assert!((c.distance_m - d).abs() < 0.5, "{} vs {d}", c.distance_m);
+        }
+    }
+}
+
+#[test]
+fn only_dispatchable_drivers_are_candidates() {
+    let now = Instant::now();
+    let mut index = FleetIndex::new(STALE);
+    let near = seoul().destination(0.0, 100.0);
+    for id in [
+        "free",
+        "offered",
+        "busy",
+        "offline",
+        "excluded",
+        "no_position",
+    ] {
+        if id == "no_position" {
+            index.connect(id, None, now, Timestamp(1));
+        } else {
+            online(&mut index, id, near, now);
+        }
+    }
+    index.set_offer("offered", "ofr_1", true);
+    index.set_trip("busy", Some("trp_1".into()));
+    index.set_status("offline", DriverStatus::Offline, now);
+    online(&mut index, "dropped", near, now);
+    index.disconnect("dropped");
+    // Offers are the dispatcher's to exclude: the index only knows who could take one.
+    let found = index.nearest_available(seoul(), 3_000.0, 8, now, |id| {
+        id == "excluded" || id == "offered"
+    });
+    let ids: Vec<&str> = found.iter().map(|c| &*c.driver_id).collect();
+    assert_eq!(
+        ids,
+        ["free"],
+        "no trip, available, positioned and connected"
+    );
+    assert!((found[0].distance_m - 100.0).abs() < 0.5);
+
+    let states: HashMap<String, DriverState> = index
+        .views(now)
+        .into_iter()
+        .map(|v| (v.id, v.state))
+        .collect();
+    assert_eq!(states["offered"], DriverState::Offered);
+    assert_eq!(states["busy"], DriverState::Busy);
+    assert_eq!(states["offline"], DriverState::Offline);
+    assert_eq!(states["dropped"], DriverState::Stale);
+
+    index.set_offer("offered", "ofr_1", false);
+    assert_eq!(index.offer_of("offered"), None);
+    index.set_trip("busy", None);
+    let found = index.nearest_available(seoul(), 3_000.0, 8, now, |_| false);
+    assert_eq!(found.len(), 4);
+}
+
+#[test]
+fn radius_bounds_the_search() {
+    let now = Instant::now();
+    let mut index = FleetIndex::new(STALE);
+    online(&mut index, "far", seoul().destination(90.0, 4_000.0), now);
+    assert!(
+        index
+            .nearest_available(seoul(), 3_000.0, 8, now, |_| false)
+            .is_empty()
+    );
+    assert_eq!(
+        index
+            .nearest_available(seoul(), 6_000.0, 8, now, |_| false)
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn silent_drivers_go_stale_then_offline_after_their_socket_drops() {
+    let start = Instant::now();
+    let mut index = FleetIndex::new(STALE);
+    online(&mut index, "d", seoul(), start);
+    let later = start + Duration::from_secs(31);
+    assert!(
+        index
+            .nearest_available(seoul(), 3_000.0, 8, later, |_| false)
+            .is_empty()
+    );
+    assert_eq!(index.view("d", later).unwrap().state, DriverState::Stale);
+    assert!(
+        index
+            .sweep_offline(later + Duration::from_secs(60), Duration::from_secs(60))
+            .is_empty(),
+        "a connected driver is not swept"
+    );
+    index.disconnect("d");
+    assert!(
+        index
+            .sweep_offline(start + Duration::from_secs(59), Duration::from_secs(60))
+            .is_empty(),
+        "inside the grace period"
+    );
+    assert_eq!(
+        index.sweep_offline(start + Duration::from_secs(61), Duration::from_secs(60)),
+        ["d"]
+    );
+    assert!(index.is_empty());
+    assert_eq!(index.tree.size(), 0);
+}
+
+#[test]
+fn odometer_counts_only_a_started_trip() {
+    let now = Instant::now();
+    let mut index = FleetIndex::new(STALE);
+    online(&mut index, "d", seoul(), now);
+    index.set_trip("d", Some("trp".into()));
+    assert_eq!(index.odometer_m("d"), None);
+    index.start_odometer("d");
+    let mut p = seoul();
+    for _ in 0..10 {
+        p = p.destination(90.0, 100.0);
+        index.ping("d", p, None, now);
+    }
+    assert!((index.odometer_m("d").unwrap() - 1_000.0).abs() < 1.0);
+}
+
+#[test]
+fn headings_are_kept_in_a_circle() {
+    assert_eq!(
+        normal_heading(Some(1e308)),
+        Some(1e308f64.rem_euclid(360.0))
+    );
+    assert_eq!(normal_heading(Some(-90.0)), Some(270.0));
+    assert_eq!(normal_heading(Some(f64::NAN)), None);
+    assert!(normal_heading(Some(1e308)).is_some_and(|h| (0.0..360.0).contains(&h)));
+}
+
+/// Another node's records: the node holding a driver is believed, older news from a
+/// node the driver left is not, and a driver moving here supersedes nothing there.
+#[test]
+fn records_from_other_nodes_follow_the_newest_connection() {
+    let now = Instant::now();
+    let mut index = FleetIndex::new(STALE);
+    let b: Arc<str> = Arc::from("node_b");
+    let c: Arc<str> = Arc::from("node_c");
+    let record = |connected, since, gone| DriverRecord {
+        driver_id: "d".into(),
+        connected,
+        connected_since: Timestamp(since),
+        status: DriverStatus::Available,
+        position: Some(seoul()),
+        heading_deg: None,
+        silent_ms: 0,
+        gone,
+    };
+    let (availability, superseded) = index.apply_record(&b, &record(true, 10, false), now);
+    assert!(availability.gained && !superseded);
+    assert_eq!(
+        index.view("d", now).unwrap().node.as_deref(),
+        Some("node_b")
+    );
+    // The driver reconnects on node c; node b's late "disconnected" is old news.
+    index.apply_record(&c, &record(true, 20, false), now);
+    let (availability, _) = index.apply_record(&b, &record(false, 10, false), now);
+    assert_eq!(availability, Availability::default());
+    assert!(index.dispatchable("d", now));
+    // Then it connects here: node c's socket is the older one.
+    index.connect("d", None, now, Timestamp(30));
+    assert_eq!(index.view("d", now).unwrap().node, None);
+    let (_, superseded) = index.apply_record(&c, &record(true, 20, false), now);
+    assert!(!superseded, "older than our connection: ignored");
+    let (_, superseded) = index.apply_record(&c, &record(true, 40, false), now);
+    assert!(superseded, "newer than ours: the driver moved to node c");
+    // Node c goes silent: its drivers have no live socket.
+    assert_eq!(index.node_lost("node_c"), ["d"]);
+    assert!(!index.dispatchable("d", now));
+    index.apply_record(&c, &record(false, 40, true), now);
+    assert!(!index.is_online("d"));
+}
+
+#[test]
+fn changes_are_reported_once_per_reader_version() {
+    let now = Instant::now();
+    let mut index = FleetIndex::new(STALE);
+    online(&mut index, "a", seoul(), now);
+    online(&mut index, "b", seoul(), now);
+    let start = index.version();
+    assert!(index.changed_since(start, now).unwrap().drivers.is_empty());
+    index.ping("a", seoul().destination(0.0, 10.0), None, now);
+    let changes = index.changed_since(start, now).unwrap();
+    let ids: Vec<&str> = changes.drivers.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["a"]);
+    index.disconnect("b");
+    index.sweep_offline(now + Duration::from_secs(120), Duration::from_secs(60));
+    let later = index.changed_since(changes.version, now).unwrap();
+    assert_eq!(later.removed, ["b"]);
+    assert!(later.drivers.iter().all(|d| d.id != "b"));
+}
