@@ -6,7 +6,7 @@ use crate::{
     error::ApiError,
     ids::{constant_time_eq, token_hash},
     store::{Store, StoreError},
-    trip::{Role, Trip},
+    trip::{Role, Trip, TripEvent},
 };
 
 /// Most cached token → account entries; the cache is cleared when it fills. Tokens never
@@ -47,6 +47,22 @@ impl Principal {
 
     pub fn actor(&self) -> crate::trip::Actor {
         crate::trip::Actor::new(self.role, &self.id)
+    }
+
+    /// What this caller may read of an event: a driver who took over a handed-back trip
+    /// does not learn who drove it before (their id is blanked in the trip and the actor).
+    pub fn redact(&self, mut event: TripEvent) -> TripEvent {
+        if self.role == Role::Driver {
+            if event.trip.driver_id.as_deref() != Some(self.id.as_str()) {
+                event.trip.driver_id = None;
+            }
+            if event.actor.role == Role::Driver
+                && event.actor.id.as_deref() != Some(self.id.as_str())
+            {
+                event.actor.id = None;
+            }
+        }
+        event
     }
 }
 

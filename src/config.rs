@@ -32,9 +32,8 @@ pub struct ServerConfig {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub db_acquire_timeout_ms: u64,
 
-    /// Largest number of WebSocket connections served at once; more are refused with 503.
-    #[arg(long, env = "HAIL_MAX_SOCKETS", default_value_t = 300_000)]
-    pub max_sockets: usize,
+    #[command(flatten)]
+    pub limits: LimitsConfig,
 
     #[command(flatten)]
     pub cluster: ClusterConfig,
@@ -44,6 +43,54 @@ pub struct ServerConfig {
 
     #[command(flatten)]
     pub tariff: TariffConfig,
+}
+
+/// What one client may take (issue 10): connections, sockets per role and per account,
+/// time to send a request, fares.
+#[derive(Debug, Clone, Args)]
+pub struct LimitsConfig {
+    /// Plain HTTP connections served at once (a WebSocket leaves this count when it is
+    /// upgraded and counts in its role's budget instead); more are closed at accept.
+    #[arg(long, env = "HAIL_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+
+    /// A client that has not sent a whole request header this long after connecting — or
+    /// after its last response, on a kept-alive connection — is disconnected.
+    #[arg(long, env = "HAIL_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_ms: u64,
+
+    /// Driver sockets open at once; more are refused with 503.
+    #[arg(long, env = "HAIL_MAX_DRIVER_SOCKETS", default_value_t = 300_000)]
+    pub max_driver_sockets: usize,
+
+    /// Trip streams open at once, all accounts together; more are refused with 503.
+    #[arg(long, env = "HAIL_MAX_TRIP_STREAMS", default_value_t = 100_000)]
+    pub max_trip_streams: usize,
+
+    /// Operator streams open at once; more are refused with 503.
+    #[arg(long, env = "HAIL_MAX_OPERATOR_STREAMS", default_value_t = 200)]
+    pub max_operator_streams: usize,
+
+    /// Trip streams one account may hold open; more are refused with 429.
+    #[arg(long, env = "HAIL_MAX_STREAMS_PER_ACCOUNT", default_value_t = 4,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_streams_per_account: u64,
+
+    /// Serve `/metrics` on this address only, not on the public listener.
+    #[arg(long, env = "HAIL_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// A ping implying more than this speed since the last one is not driven distance
+    /// (a jump, a spoofed position): the odometer leaves it out.
+    #[arg(long, env = "HAIL_MAX_SPEED_MPS", default_value_t = 70.0)]
+    pub max_speed_mps: f64,
+
+    /// A final fare is at most this many times the estimate; a capped fare is flagged in
+    /// its event and counted in `/metrics`.
+    #[arg(long, env = "HAIL_FARE_CAP_FACTOR", default_value_t = 3.0)]
+    pub fare_cap_factor: f64,
 }
 
 /// The cluster, DESIGN §1: several nodes on one PostgreSQL, joined by NATS.
@@ -200,6 +247,13 @@ impl ServerConfig {
             && token.len() < 16
         {
             return Err("HAIL_OPERATOR_TOKEN must be at least 16 characters".into());
+        }
+        let limits = &self.limits;
+        if !(limits.max_speed_mps.is_finite() && limits.max_speed_mps > 0.0) {
+            return Err("HAIL_MAX_SPEED_MPS must be positive".into());
+        }
+        if !(limits.fare_cap_factor.is_finite() && limits.fare_cap_factor >= 1.0) {
+            return Err("HAIL_FARE_CAP_FACTOR must be at least 1".into());
         }
         let cluster = &self.cluster;
         if cluster.bus_url.is_some() && self.database_url.starts_with("sqlite:") {

@@ -47,7 +47,7 @@ impl ErrorCode {
             InvalidTransition | OfferExpired | OfferAlreadyAnswered | ActiveTripExists
             | DriverBusy | DriverUnavailable | IdempotencyKeyReused => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited | TooManySockets => StatusCode::TOO_MANY_REQUESTS,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub bus_dropped: Counter,
     /// Seconds between a note's sending and its receipt here.
     pub bus_lag: Histogram,
+    /// Fares capped at `HAIL_FARE_CAP_FACTOR` × their estimate (flagged for review).
+    pub fares_capped: Counter,
 }
 
 impl Metrics {
@@ -124,7 +126,14 @@ impl Metrics {
             "Time from a note's sending on another node to its receipt here",
             bus_lag.clone(),
         );
+        let fares_capped = Counter::default();
+        registry.register(
+            "fares_capped",
+            "Final fares capped at the configured multiple of their estimate",
+            fares_capped.clone(),
+        );
         Metrics {
+            fares_capped,
             registry,
             location_pings,
             offers,

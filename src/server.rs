@@ -7,12 +7,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use tokio::{
-    net::TcpListener,
-    sync::{Semaphore, watch},
-    task::JoinHandle,
-    time::Instant,
-};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle, time::Instant};
 
 use crate::{
     auth::Authenticator,
@@ -21,7 +16,7 @@ use crate::{
     config::ServerConfig,
     dispatch::DispatchLoop,
     fleet::Fleet,
-    gateway::{self, App, AppState},
+    gateway::{self, App, AppState, listener, socket::Budgets},
     hub::Hub,
     ids::new_token,
     metrics::Metrics,
@@ -63,6 +58,7 @@ pub fn assemble(
 ) -> (Arc<Rides>, DispatchLoop) {
     let fleet = Arc::new(Fleet::new(
         Duration::from_millis(config.dispatch.stale_after_ms),
+        config.limits.max_speed_mps,
         bus.is_clustered(),
     ));
     let hub = Arc::new(Hub::new(
@@ -77,8 +73,7 @@ pub fn assemble(
         hub,
         bus,
         metrics.clone(),
-        config.dispatch.clone(),
-        config.tariff.tariff(),
+        config,
     ));
     let dispatch = DispatchLoop::new(
         &config.dispatch,
@@ -154,21 +149,45 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
 
     tracing::info!(%addr, node = %node.id, store = store.backend(),
         bus = config.cluster.bus_url.is_some(), "hail serving");
+    let limits = config.limits.clone();
+    // `/metrics` on its own address when asked (not public), else beside the API.
+    let metrics_listener = match limits.metrics_listen {
+        Some(address) => Some(
+            TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding {address} for /metrics"))?,
+        ),
+        None => None,
+    };
     let app = Arc::new(App {
         auth: Authenticator::new(store.clone(), &operator_token),
-        sockets: Arc::new(Semaphore::new(config.max_sockets)),
+        budgets: Arc::new(Budgets::new(&limits)),
         config,
         node,
         rides,
         shutdown: shutdown.clone(),
     });
-    let router = gateway::router(app.clone());
-    let mut stop = shutdown;
+    let router = gateway::router(app.clone(), metrics_listener.is_none());
+    let header_read_timeout = Duration::from_millis(limits.header_read_timeout_ms);
+    let max_connections = usize::try_from(limits.max_connections).unwrap_or(usize::MAX);
+    if let Some(metrics_listener) = metrics_listener {
+        tasks.push(tokio::spawn(listener::serve(
+            metrics_listener,
+            gateway::metrics_router(app.clone()),
+            64,
+            header_read_timeout,
+            shutdown.clone(),
+        )));
+    }
     let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.wait().await })
-            .await
-            .context("serving HTTP")?;
+        listener::serve(
+            listener,
+            router,
+            max_connections,
+            header_read_timeout,
+            shutdown,
+        )
+        .await;
         for task in tasks {
             let _ = task.await;
         }

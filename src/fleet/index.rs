@@ -40,6 +40,9 @@ use crate::{
 /// more false candidates.
 pub const SLACK_M: f64 = 150.0;
 
+/// No taxi drives faster between two pings (252 km/h).
+pub const DEFAULT_MAX_SPEED_MPS: f64 = 70.0;
+
 /// Most removals remembered for [`FleetIndex::changed_since`].
 const REMOVED_LOG: usize = 100_000;
 
@@ -65,10 +68,9 @@ struct Slot {
     connected_since: Timestamp,
     /// The box this driver is stored under in the tree; `None` when not in the tree.
     indexed: Option<AABB<[f64; 3]>>,
-    /// Metres driven since the trip started, and whether every metre was seen (a restart
-    /// mid-trip loses the count).
-    odometer_m: f64,
-    odometer_complete: bool,
+    /// Distance driven since the trip started; `None` when no count is running (no trip
+    /// under way, or this node did not see it start: a restart mid-trip loses the count).
+    odometer: Option<Odometer>,
     /// The fleet clock at this slot's last change.
     version: u64,
 }
@@ -151,6 +153,8 @@ pub struct FleetIndex {
     by_id: HashMap<Arc<str>, u32>,
     slack_chord: f64,
     stale_after: Duration,
+    /// Faster than this between two pings is not driving (see [`Odometer`]).
+    max_speed_mps: f64,
     /// Counts changes; see [`FleetIndex::changed_since`].
     clock: u64,
     /// Drivers that went offline, with the clock at their removal. Bounded: a reader
@@ -167,9 +171,16 @@ impl FleetIndex {
             by_id: HashMap::new(),
             slack_chord: geometry::chord_for_distance_m(SLACK_M),
             stale_after,
+            max_speed_mps: DEFAULT_MAX_SPEED_MPS,
             clock: 0,
             removed: VecDeque::new(),
         }
+    }
+
+    /// Sets the speed beyond which a ping is not counted as driven distance.
+    pub fn with_max_speed_mps(mut self, max_speed_mps: f64) -> FleetIndex {
+        self.max_speed_mps = max_speed_mps;
+        self
     }
 
     /// Drivers online (connected, or dropped but inside the grace period).
@@ -231,8 +242,7 @@ impl FleetIndex {
             node: None,
             connected_since: Timestamp::default(),
             indexed: None,
-            odometer_m: 0.0,
-            odometer_complete: false,
+            odometer: None,
             version: self.clock,
         };
         let index = match self.free_slots.pop() {
@@ -333,11 +343,11 @@ impl FleetIndex {
         heading_deg: Option<f64>,
         now: Instant,
     ) -> Option<PingOutcome> {
-        let stale_after = self.stale_after;
+        let (stale_after, max_speed_mps) = (self.stale_after, self.max_speed_mps);
         let (index, slot) = self.slot_mut(driver_id)?;
         let was_dispatchable = Self::is_dispatchable(slot, now, stale_after);
-        if let (Some(previous), Some(_)) = (slot.position, &slot.trip_id) {
-            slot.odometer_m += previous.distance_m(&position);
+        if let Some(odometer) = &mut slot.odometer {
+            odometer.count(position, now, max_speed_mps);
         }
         slot.position = Some(position);
         slot.unit = position.unit_vector();
@@ -451,30 +461,64 @@ impl FleetIndex {
             return;
         };
         if slot.trip_id != trip_id {
-            slot.odometer_m = 0.0;
-            slot.odometer_complete = false;
+            slot.odometer = None;
         }
         slot.trip_id = trip_id;
         self.reindex(index);
     }
 
-    /// Starts counting driven distance for the fare (the trip was `started`).
-    pub fn start_odometer(&mut self, driver_id: &str) {
+    /// Starts counting driven distance for the fare (the trip was `started`), from where
+    /// the driver is now.
+    pub fn start_odometer(&mut self, driver_id: &str, now: Instant) {
         if let Some((_, slot)) = self.slot_mut(driver_id) {
-            slot.odometer_m = 0.0;
-            slot.odometer_complete = true;
+            slot.odometer = Some(Odometer {
+                metres: 0.0,
+                anchor: slot.position.map(|position| (position, now)),
+                implausible: 0,
+            });
         }
     }
 
-    /// Metres driven since the trip started, if every ping since then was seen here.
-    pub fn odometer_m(&self, driver_id: &str) -> Option<f64> {
+    /// Metres driven since the trip started, if this node saw it start; and how many pings
+    /// were left out as implausible.
+    pub fn odometer_m(&self, driver_id: &str) -> Option<(f64, u32)> {
         self.slot(driver_id)
-            .filter(|slot| slot.odometer_complete)
-            .map(|slot| slot.odometer_m)
+            .and_then(|slot| slot.odometer.as_ref())
+            .map(|odometer| (odometer.metres, odometer.implausible))
     }
 
     pub fn position(&self, driver_id: &str) -> Option<LatLng> {
         self.slot(driver_id).and_then(|slot| slot.position)
+    }
+}
+
+/// The distance a driver drove for a fare: each ping is measured from the last one that
+/// was counted, and counted only if reaching it implied a possible speed — so a spoofed
+/// position (a jump to the other side of the Earth) adds nothing, and neither does the
+/// way back from it, while pings delivered in a bunch lose nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Odometer {
+    metres: f64,
+    /// The last position counted, and when.
+    anchor: Option<(LatLng, Instant)>,
+    implausible: u32,
+}
+
+impl Odometer {
+    fn count(&mut self, position: LatLng, now: Instant, max_speed_mps: f64) {
+        let Some((from, at)) = self.anchor else {
+            self.anchor = Some((position, now));
+            return;
+        };
+        let metres = from.distance_m(&position);
+        let seconds = now.saturating_duration_since(at).as_secs_f64();
+        // Standing still (or a GPS wobble of a few metres) is always possible.
+        if metres <= 10.0 || metres <= max_speed_mps * seconds {
+            self.metres += metres;
+            self.anchor = Some((position, now));
+        } else {
+            self.implausible += 1;
+        }
     }
 }
 

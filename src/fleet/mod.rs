@@ -55,10 +55,10 @@ pub struct Applied {
 
 impl Fleet {
     /// `clustered`: other nodes listen, so remember what to tell them.
-    pub fn new(stale_after: Duration, clustered: bool) -> Fleet {
+    pub fn new(stale_after: Duration, max_speed_mps: f64, clustered: bool) -> Fleet {
         Fleet {
             state: Mutex::new(State {
-                index: FleetIndex::new(stale_after),
+                index: FleetIndex::new(stale_after).with_max_speed_mps(max_speed_mps),
                 changed: clustered.then(HashSet::new),
                 gone: Vec::new(),
             }),
@@ -126,11 +126,11 @@ impl Fleet {
         self.lock().index.set_trip(driver_id, trip_id);
     }
 
-    pub fn start_odometer(&self, driver_id: &str) {
-        self.lock().index.start_odometer(driver_id);
+    pub fn start_odometer(&self, driver_id: &str, now: Instant) {
+        self.lock().index.start_odometer(driver_id, now);
     }
 
-    pub fn odometer_m(&self, driver_id: &str) -> Option<f64> {
+    pub fn odometer_m(&self, driver_id: &str) -> Option<(f64, u32)> {
         self.lock().index.odometer_m(driver_id)
     }
 

@@ -14,7 +14,9 @@ use tokio::{sync::mpsc, time::Instant};
 
 use super::{
     AppState,
-    socket::{self, IDLE_TIMEOUT, KEEPALIVE, MESSAGES_PER_SECOND, MessageBudget},
+    socket::{
+        self, Admission, FrameBudget, IDLE_TIMEOUT, KEEPALIVE, MESSAGES_PER_SECOND, SocketKind,
+    },
 };
 use crate::{
     auth::Principal,
@@ -27,6 +29,13 @@ use crate::{
 /// Error replies queued for one driver socket before further ones are dropped.
 const ERROR_QUEUE: usize = 8;
 
+/// What the reader asks the writer to send: an error reply, or the close frame that ends
+/// the socket.
+enum Reply {
+    Error(Box<ServerMessage>),
+    Close(Message),
+}
+
 #[utoipa::path(get, path = "/v1/driver/ws", tag = "sockets", security(("bearer" = [])),
     params(("token" = Option<String>, Query, description = "Bearer token, for clients that cannot set headers")),
     responses((status = 101, description = "Driver socket: send DriverMessage, receive ServerMessage"),
@@ -38,7 +47,7 @@ pub async fn driver_socket(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     principal.require(Role::Driver)?;
-    let permit = socket::permit(&state)?;
+    let permit = state.budgets.take(SocketKind::Driver, &principal.id)?;
     let trip_id = state.rides.driver_trip(&principal.id).await?;
     Ok(socket::configure(upgrade)
         .on_upgrade(move |socket| async move {
@@ -53,7 +62,7 @@ async fn run(state: AppState, driver_id: String, trip_id: Option<String>, socket
     rides.metrics.sockets_open.inc();
     let (connection, mut outbound) = rides.hub.register_driver(&driver_id);
     rides.driver_connected(&driver_id, trip_id, Instant::now());
-    let (error_sender, mut errors) = mpsc::channel::<ServerMessage>(ERROR_QUEUE);
+    let (replies, mut replying) = mpsc::channel::<Reply>(ERROR_QUEUE);
     let (mut sink, mut stream) = socket.split();
     let mut shutdown = state.shutdown.clone();
     // An offer made before this socket (or on another node that died) is sent again.
@@ -63,7 +72,7 @@ async fn run(state: AppState, driver_id: String, trip_id: Option<String>, socket
             .send_to_driver(&driver_id, ServerMessage::Offer(offer));
     }
 
-    let writer = tokio::spawn(async move {
+    let mut writer = tokio::spawn(async move {
         let mut keepalive = tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
         loop {
             let message = tokio::select! {
@@ -75,7 +84,15 @@ async fn run(state: AppState, driver_id: String, trip_id: Option<String>, socket
                         return;
                     }
                 },
-                Some(message) = errors.recv() => message,
+                reply = replying.recv() => match reply {
+                    Some(Reply::Error(message)) => *message,
+                    Some(Reply::Close(close)) => {
+                        let _ = sink.send(close).await;
+                        return;
+                    }
+                    // The reader is done: the socket is closing.
+                    None => return,
+                },
                 _ = keepalive.tick() => {
                     if sink.send(Message::Ping(Default::default())).await.is_err() { return; }
                     continue;
@@ -91,38 +108,62 @@ async fn run(state: AppState, driver_id: String, trip_id: Option<String>, socket
         }
     });
 
-    let mut budget = MessageBudget::new(Instant::now());
+    let mut budget = FrameBudget::new(Instant::now());
     loop {
         let frame = match tokio::time::timeout(IDLE_TIMEOUT, stream.next()).await {
             Ok(Some(Ok(frame))) => frame,
-            // Timed out, closed, or a protocol error (including an oversized frame).
+            Ok(Some(Err(error))) if socket::too_big(&error) => {
+                let _ = replies.try_send(Reply::Close(socket::close_too_big()));
+                break;
+            }
+            // Timed out, closed, or a protocol error.
             _ => break,
         };
+        if matches!(frame, Message::Close(_)) {
+            break;
+        }
         let now = Instant::now();
-        let reply = match frame {
-            Message::Text(_) if !budget.take(now) => Err(ApiError::new(
-                ErrorCode::RateLimited,
-                format!("at most {MESSAGES_PER_SECOND} messages a second; this one was dropped"),
-            )),
-            Message::Text(body) => handle(&state, &driver_id, body.as_str(), now),
-            Message::Binary(_) => Err(ApiError::new(
-                ErrorCode::UnsupportedFrame,
-                "send JSON text frames",
-            )),
-            Message::Close(_) => break,
-            Message::Ping(_) | Message::Pong(_) => Ok(()),
+        let reply = match budget.admit(now) {
+            Admission::Close => {
+                let _ = replies.try_send(Reply::Close(socket::close_policy()));
+                break;
+            }
+            Admission::Dropped => match frame {
+                Message::Text(_) => Err(ApiError::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "at most {MESSAGES_PER_SECOND} messages a second; this one was dropped"
+                    ),
+                )),
+                _ => Ok(()),
+            },
+            Admission::Allowed => match frame {
+                Message::Text(body) => handle(&state, &driver_id, body.as_str(), now),
+                Message::Binary(_) => Err(ApiError::new(
+                    ErrorCode::UnsupportedFrame,
+                    "send JSON text frames",
+                )),
+                _ => Ok(()),
+            },
         };
         if let Err(error) = reply {
-            let _ = error_sender.try_send(ServerMessage::Error {
+            let _ = replies.try_send(Reply::Error(Box::new(ServerMessage::Error {
                 code: error.code,
                 message: error.message,
-            });
+            })));
         }
         if writer.is_finished() {
             break;
         }
     }
-    writer.abort();
+    // Let the writer send what is queued (a close frame above all), briefly.
+    drop(replies);
+    if tokio::time::timeout(std::time::Duration::from_secs(1), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
     rides.hub.unregister_driver(&driver_id, connection);
     rides.driver_disconnected(&driver_id);
     rides.metrics.sockets_open.dec();

@@ -11,6 +11,7 @@
 
 pub mod console;
 pub mod driver_socket;
+pub mod listener;
 pub mod openapi;
 pub mod ops_stream;
 pub mod rest;
@@ -25,7 +26,6 @@ use axum::{
     http::{header, request::Parts},
     routing::{get, post},
 };
-use tokio::sync::Semaphore;
 
 use crate::{
     auth::{Authenticator, MAX_TOKEN_CHARS, Principal},
@@ -47,14 +47,15 @@ pub struct App {
     pub auth: Authenticator,
     pub config: ServerConfig,
     pub node: Node,
-    /// Caps open WebSockets (`HAIL_MAX_SOCKETS`); a socket holds a permit while open.
-    pub sockets: Arc<Semaphore>,
+    /// How many sockets of each kind, and per account, may be open.
+    pub budgets: Arc<socket::Budgets>,
     /// Socket tasks close when shutdown begins.
     pub shutdown: Shutdown,
 }
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// Every route of the API; `/metrics` too unless it has a listener of its own.
+pub fn router(state: AppState, with_metrics: bool) -> Router {
+    let router = Router::new()
         .route("/v1/passengers", post(rest::create_passenger))
         .route("/v1/drivers", post(rest::create_driver))
         .route("/v1/trips", post(rest::create_trip))
@@ -74,7 +75,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/trips/{id}/ws", get(trip_stream::trip_socket))
         .route("/healthz", get(rest::healthz))
         .route("/readyz", get(rest::readyz))
-        .route("/metrics", get(rest::metrics))
         .route("/openapi.json", get(openapi::openapi))
         .route("/", get(console::console))
         .route("/console.js", get(console::console))
@@ -86,7 +86,20 @@ pub fn router(state: AppState) -> Router {
                 "method not allowed on this route",
             )
         })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    let router = if with_metrics {
+        router.route("/metrics", get(rest::metrics))
+    } else {
+        router
+    };
+    router.with_state(state)
+}
+
+/// `/metrics` alone, for `HAIL_METRICS_LISTEN`.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(rest::metrics))
+        .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
 }
 

@@ -17,7 +17,10 @@ use axum::{
 };
 use tokio::{sync::broadcast, time::Instant};
 
-use super::{AppState, socket};
+use super::{
+    AppState,
+    socket::{self, Admission, FrameBudget, SocketKind},
+};
 use crate::{
     auth::Principal,
     error::ApiError,
@@ -42,7 +45,7 @@ pub async fn ops_socket(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     principal.require(Role::Operator)?;
-    let permit = socket::permit(&state)?;
+    let permit = state.budgets.take(SocketKind::Operator, &principal.id)?;
     Ok(socket::configure(upgrade)
         .on_upgrade(move |socket| async move {
             let _permit = permit;
@@ -98,6 +101,7 @@ async fn run(state: &AppState, mut socket: WebSocket) {
     // Missed ticks (a slow browser) are skipped, not bunched up.
     drivers_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     figures_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut budget = FrameBudget::new(Instant::now());
     loop {
         let sent = tokio::select! {
             _ = drivers_tick.tick() => {
@@ -129,8 +133,21 @@ async fn run(state: &AppState, mut socket: WebSocket) {
                 Err(broadcast::error::RecvError::Closed) => Err(()),
             },
             frame = socket.recv() => match frame {
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => Err(()),
-                Some(Ok(_)) => Ok(()),
+                Some(Ok(Message::Close(_))) | None => Err(()),
+                Some(Err(error)) => {
+                    if socket::too_big(&error) {
+                        let _ = socket.send(socket::close_too_big()).await;
+                    }
+                    Err(())
+                }
+                // Nothing is expected from the console but keepalive; every frame counts.
+                Some(Ok(_)) => match budget.admit(Instant::now()) {
+                    Admission::Close => {
+                        let _ = socket.send(socket::close_policy()).await;
+                        Err(())
+                    }
+                    _ => Ok(()),
+                },
             },
             _ = shutdown.wait() => {
                 let _ = socket.send(Message::Close(None)).await;

@@ -2,14 +2,21 @@
 //! is 128 KiB; at 250,000 drivers that alone would be 32 GiB), message and frame limits,
 //! ping/pong keepalive, a message budget, the socket cap, and close frames.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
-use tokio::{sync::OwnedSemaphorePermit, time::Instant};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
 
-use super::AppState;
 use crate::{
-    error::ApiError,
+    config::LimitsConfig,
+    error::{ApiError, ErrorCode},
     protocol::{MAX_FRAME_BYTES, ServerMessage},
 };
 
@@ -35,13 +42,95 @@ pub fn configure(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
         .max_frame_size(MAX_FRAME_BYTES)
 }
 
-/// A place under the socket cap, held while the socket is open.
-pub fn permit(state: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
-    state
-        .sockets
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ApiError::unavailable("too many open sockets; retry later"))
+/// The kinds of socket, each with its own budget: passengers opening streams can never
+/// take the places drivers and operators need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketKind {
+    Driver,
+    TripStream,
+    Operator,
+}
+
+/// How many sockets of each kind may be open, and how many trip streams one account may
+/// hold.
+pub struct Budgets {
+    drivers: Arc<Semaphore>,
+    trip_streams: Arc<Semaphore>,
+    operators: Arc<Semaphore>,
+    /// Trip streams open per account. A std `Mutex`: one map operation per open/close.
+    streams_per_account: Mutex<HashMap<String, u64>>,
+    max_streams_per_account: u64,
+}
+
+/// A socket's place in its budget, given back when the socket closes.
+pub struct SocketPermit {
+    _place: OwnedSemaphorePermit,
+    account: Option<(Arc<Budgets>, String)>,
+}
+
+impl Drop for SocketPermit {
+    fn drop(&mut self) {
+        if let Some((budgets, account)) = self.account.take() {
+            let mut open = budgets.streams_per_account.lock().unwrap();
+            if let Some(count) = open.get_mut(&account) {
+                *count -= 1;
+                if *count == 0 {
+                    open.remove(&account);
+                }
+            }
+        }
+    }
+}
+
+impl Budgets {
+    pub fn new(limits: &LimitsConfig) -> Budgets {
+        Budgets {
+            drivers: Arc::new(Semaphore::new(limits.max_driver_sockets)),
+            trip_streams: Arc::new(Semaphore::new(limits.max_trip_streams)),
+            operators: Arc::new(Semaphore::new(limits.max_operator_streams)),
+            streams_per_account: Mutex::default(),
+            max_streams_per_account: limits.max_streams_per_account,
+        }
+    }
+
+    /// A place for a socket of `kind` opened by `account`: 503 if the kind's budget is
+    /// spent, 429 `too_many_sockets` if the account holds its share of trip streams.
+    pub fn take(
+        self: &Arc<Self>,
+        kind: SocketKind,
+        account: &str,
+    ) -> Result<SocketPermit, ApiError> {
+        let budget = match kind {
+            SocketKind::Driver => &self.drivers,
+            SocketKind::TripStream => &self.trip_streams,
+            SocketKind::Operator => &self.operators,
+        };
+        let place = budget.clone().try_acquire_owned().map_err(|_| {
+            ApiError::unavailable("too many open sockets of this kind; retry later")
+        })?;
+        if kind != SocketKind::TripStream {
+            return Ok(SocketPermit {
+                _place: place,
+                account: None,
+            });
+        }
+        let mut open = self.streams_per_account.lock().unwrap();
+        let count = open.entry(account.to_string()).or_default();
+        if *count >= self.max_streams_per_account {
+            return Err(ApiError::new(
+                ErrorCode::TooManySockets,
+                format!(
+                    "at most {} open trip streams per account; close one first",
+                    self.max_streams_per_account
+                ),
+            ));
+        }
+        *count += 1;
+        Ok(SocketPermit {
+            _place: place,
+            account: Some((self.clone(), account.to_string())),
+        })
+    }
 }
 
 pub fn text(message: &ServerMessage) -> Message {
@@ -53,6 +142,72 @@ pub fn close(code: u16, reason: &'static str) -> Message {
         code,
         reason: Utf8Bytes::from_static(reason),
     }))
+}
+
+/// Rate-limited frames a socket may send in its life before it is closed with 1008.
+pub const MAX_VIOLATIONS: u32 = 100;
+
+/// What becomes of a frame a client sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Allowed,
+    /// Over the budget: dropped (a driver socket says so with `rate_limited`).
+    Dropped,
+    /// Over the budget too often: close the socket (1008, policy violation).
+    Close,
+}
+
+/// Every frame a client sends — text, binary, ping or pong — counts against one budget,
+/// on every kind of socket: a client that keeps the server busy with frames it ignores is
+/// throttled, and one that keeps at it is disconnected.
+pub struct FrameBudget {
+    budget: MessageBudget,
+    violations: u32,
+}
+
+impl FrameBudget {
+    pub fn new(now: Instant) -> FrameBudget {
+        FrameBudget {
+            budget: MessageBudget::new(now),
+            violations: 0,
+        }
+    }
+
+    pub fn admit(&mut self, now: Instant) -> Admission {
+        if self.budget.take(now) {
+            return Admission::Allowed;
+        }
+        self.violations += 1;
+        if self.violations > MAX_VIOLATIONS {
+            Admission::Close
+        } else {
+            Admission::Dropped
+        }
+    }
+}
+
+/// Whether a read failed because a frame or message was over the size limit (answered
+/// with a 1009 close frame, as RFC 6455 asks, before the connection goes).
+pub fn too_big(error: &axum::Error) -> bool {
+    use std::error::Error;
+    let mut source: Option<&(dyn Error + 'static)> = error.source();
+    while let Some(cause) = source {
+        if let Some(tokio_tungstenite::tungstenite::Error::Capacity(_)) =
+            cause.downcast_ref::<tokio_tungstenite::tungstenite::Error>()
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+pub fn close_too_big() -> Message {
+    close(axum::extract::ws::close_code::SIZE, "frame too large")
+}
+
+pub fn close_policy() -> Message {
+    close(axum::extract::ws::close_code::POLICY, "too many messages")
 }
 
 /// A token bucket: a misbehaving client cannot make the server do unbounded work.
@@ -86,6 +241,25 @@ impl MessageBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_is_dropped_then_closed() {
+        let start = Instant::now();
+        let mut budget = FrameBudget::new(start);
+        let admitted: Vec<Admission> = (0..200).map(|_| budget.admit(start)).collect();
+        assert_eq!(
+            admitted
+                .iter()
+                .filter(|a| **a == Admission::Allowed)
+                .count(),
+            MESSAGE_BURST as usize
+        );
+        assert_eq!(admitted[MESSAGE_BURST as usize], Admission::Dropped);
+        assert_eq!(
+            admitted.iter().position(|a| *a == Admission::Close),
+            Some(MESSAGE_BURST as usize + MAX_VIOLATIONS as usize)
+        );
+    }
 
     #[test]
     fn the_message_budget_allows_a_burst_then_the_sustained_rate() {

@@ -16,7 +16,7 @@ use tokio::{sync::broadcast, time::Instant};
 
 use super::{
     AppState, after_param,
-    socket::{self, IDLE_TIMEOUT, KEEPALIVE},
+    socket::{self, Admission, FrameBudget, IDLE_TIMEOUT, KEEPALIVE, SocketKind},
 };
 use crate::{
     auth::Principal,
@@ -48,14 +48,13 @@ pub async fn trip_socket(
 ) -> Result<Response, ApiError> {
     let after = after_param(&query)?;
     state.rides.visible_trip(&principal, &trip_id).await?;
-    let permit = socket::permit(&state)?;
-    let driver = (principal.role == Role::Driver).then_some(principal.id);
+    let permit = state.budgets.take(SocketKind::TripStream, &principal.id)?;
     Ok(socket::configure(upgrade)
         .on_upgrade(move |socket| async move {
             let _permit = permit;
             let rides = &state.rides;
             rides.metrics.sockets_open.inc();
-            run(&state, &trip_id, after, driver.as_deref(), socket).await;
+            run(&state, &trip_id, after, &principal, socket).await;
             rides.hub.unsubscribe_trip(&trip_id);
             rides.metrics.sockets_open.dec();
         })
@@ -73,13 +72,14 @@ async fn run(
     state: &AppState,
     trip_id: &str,
     after: i64,
-    driver: Option<&str>,
+    viewer: &Principal,
     mut socket: WebSocket,
 ) {
     let mut live = state.rides.hub.subscribe_trip(trip_id);
+    let driver = (viewer.role == Role::Driver).then_some(viewer.id.as_str());
     let mut last_seq = after;
     let mut shutdown = state.shutdown.clone();
-    if catch_up(state, trip_id, &mut last_seq, driver, &mut socket)
+    if catch_up(state, trip_id, &mut last_seq, viewer, &mut socket)
         .await
         .is_err()
     {
@@ -89,6 +89,7 @@ async fn run(
     let clustered = state.rides.bus.is_clustered();
     let mut idle_check = tokio::time::interval_at(Instant::now() + IDLE_CHECK, IDLE_CHECK);
     let mut last_heard = Instant::now();
+    let mut budget = FrameBudget::new(Instant::now());
     loop {
         tokio::select! {
             message = live.recv() => {
@@ -96,13 +97,13 @@ async fn run(
                     Ok(TripMessage::Event(event)) if event.seq <= last_seq => Ok(()),
                     Ok(TripMessage::Event(event)) if event.seq == last_seq + 1 => {
                         last_seq = event.seq;
-                        match send_event(&mut socket, &event).await {
+                        match send_event(&mut socket, viewer, &event).await {
                             Ok(()) => no_longer_theirs(&mut socket, &event, driver).await,
                             failed => failed,
                         }
                     }
                     Ok(TripMessage::Event(_)) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                        catch_up(state, trip_id, &mut last_seq, driver, &mut socket).await
+                        catch_up(state, trip_id, &mut last_seq, viewer, &mut socket).await
                     }
                     Ok(TripMessage::DriverLocation { lat, lng, at }) => {
                         let message = ServerMessage::DriverLocation { trip_id: trip_id.to_string(), lat, lng, at };
@@ -116,13 +117,26 @@ async fn run(
                 idle_check.reset();
             }
             frame = socket.recv() => match frame {
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                // Nothing is expected from the client; any frame proves it is alive.
-                Some(Ok(_)) => last_heard = Instant::now(),
+                Some(Ok(Message::Close(_))) | None => return,
+                Some(Err(error)) => {
+                    if socket::too_big(&error) {
+                        let _ = socket.send(socket::close_too_big()).await;
+                    }
+                    return;
+                }
+                // Nothing is expected from the client; any frame proves it is alive, and
+                // counts against its budget.
+                Some(Ok(_)) => {
+                    last_heard = Instant::now();
+                    if budget.admit(last_heard) == Admission::Close {
+                        let _ = socket.send(socket::close_policy()).await;
+                        return;
+                    }
+                }
             },
             _ = idle_check.tick(), if clustered => {
                 let behind = state.rides.store.latest_seq(trip_id).await.is_ok_and(|seq| seq > last_seq);
-                if behind && catch_up(state, trip_id, &mut last_seq, driver, &mut socket).await.is_err() {
+                if behind && catch_up(state, trip_id, &mut last_seq, viewer, &mut socket).await.is_err() {
                     return;
                 }
             }
@@ -143,9 +157,10 @@ async fn catch_up(
     state: &AppState,
     trip_id: &str,
     last_seq: &mut i64,
-    driver: Option<&str>,
+    viewer: &Principal,
     socket: &mut WebSocket,
 ) -> Result<(), ()> {
+    let driver = (viewer.role == Role::Driver).then_some(viewer.id.as_str());
     loop {
         let events = match state.rides.store.events_after(trip_id, *last_seq).await {
             Ok(events) => events,
@@ -164,7 +179,7 @@ async fn catch_up(
         };
         let full_page = events.len() as i64 >= EVENTS_PAGE;
         for event in &events {
-            send_event(socket, event).await?;
+            send_event(socket, viewer, event).await?;
             *last_seq = event.seq;
         }
         if !full_page {
@@ -200,9 +215,15 @@ async fn no_longer_theirs(
     }
 }
 
-async fn send_event(socket: &mut WebSocket, event: &TripEvent) -> Result<(), ()> {
+async fn send_event(
+    socket: &mut WebSocket,
+    viewer: &Principal,
+    event: &TripEvent,
+) -> Result<(), ()> {
     socket
-        .send(socket::text(&ServerMessage::TripEvent(event.clone())))
+        .send(socket::text(&ServerMessage::TripEvent(
+            viewer.redact(event.clone()),
+        )))
         .await
         .map_err(|_| ())
 }

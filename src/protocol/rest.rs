@@ -158,6 +158,7 @@ pub enum ErrorCode {
     // 413, 429
     PayloadTooLarge,
     RateLimited,
+    TooManySockets,
     // 500, 503
     Internal,
     Unavailable,
@@ -187,6 +188,7 @@ impl ErrorCode {
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooManySockets => "too_many_sockets",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
         }

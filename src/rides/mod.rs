@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::{
     bus::{Bus, Envelope, NODE_SILENT_AFTER, Note},
-    config::DispatchConfig,
+    config::{DispatchConfig, ServerConfig},
     dispatch::{Announce, Dispatcher},
     fleet::Fleet,
     hub::Hub,
@@ -44,6 +44,8 @@ pub struct Rides {
     pub tally: Tally,
     pub config: DispatchConfig,
     pub tariff: Tariff,
+    /// A final fare is at most this many times its estimate (`HAIL_FARE_CAP_FACTOR`).
+    pub fare_cap_factor: f64,
     /// When each other node was last heard on the bus, and its incarnation. A std
     /// `Mutex`: one map operation.
     nodes_heard: Mutex<HashMap<Arc<str>, (Instant, Timestamp)>>,
@@ -58,7 +60,6 @@ enum Origin {
 }
 
 impl Rides {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         fleet: Arc<Fleet>,
@@ -66,8 +67,7 @@ impl Rides {
         hub: Arc<Hub>,
         bus: Bus,
         metrics: Arc<Metrics>,
-        config: DispatchConfig,
-        tariff: Tariff,
+        config: &ServerConfig,
     ) -> Rides {
         Rides {
             store,
@@ -77,8 +77,9 @@ impl Rides {
             bus,
             metrics,
             tally: Tally::default(),
-            config,
-            tariff,
+            config: config.dispatch.clone(),
+            tariff: config.tariff.tariff(),
+            fare_cap_factor: config.limits.fare_cap_factor,
             nodes_heard: Mutex::default(),
         }
     }
@@ -186,7 +187,7 @@ impl Rides {
         let trip = &event.trip;
         if let Some(driver_id) = previous_driver.or(trip.driver_id.as_deref()) {
             match event.event {
-                EventKind::Started => self.fleet.start_odometer(driver_id),
+                EventKind::Started => self.fleet.start_odometer(driver_id, Instant::now()),
                 EventKind::Accepted => self.fleet.set_trip(driver_id, Some(trip.id.clone())),
                 _ if trip.state.has_driver() => {}
                 _ => self.fleet.set_trip(driver_id, None),

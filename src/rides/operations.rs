@@ -38,7 +38,11 @@ impl Rides {
         after: i64,
     ) -> Result<Vec<TripEvent>, ApiError> {
         self.visible_trip(principal, trip_id).await?;
-        Ok(self.store.events_after(trip_id, after).await?)
+        let events = self.store.events_after(trip_id, after).await?;
+        Ok(events
+            .into_iter()
+            .map(|event| principal.redact(event))
+            .collect())
     }
 
     /// Fare estimate: straight line × detour factor, at the average urban speed.
@@ -91,8 +95,20 @@ impl Rides {
         change: Change,
         now: Instant,
     ) -> Result<Trip, ApiError> {
+        self.driver_step_because(driver, trip_id, change, None, now)
+            .await
+    }
+
+    async fn driver_step_because(
+        &self,
+        driver: &Principal,
+        trip_id: &str,
+        change: Change,
+        reason: Option<String>,
+        now: Instant,
+    ) -> Result<Trip, ApiError> {
         driver.require(Role::Driver)?;
-        let cause = Cause::by(driver.actor(), Timestamp::at(now));
+        let cause = Cause::by(driver.actor(), Timestamp::at(now)).because(reason);
         let transition = self
             .store
             .transition(trip_id, &change, &cause, |trip| {
@@ -108,9 +124,11 @@ impl Rides {
     }
 
     /// The driver ends the ride. The fare comes from the distance actually driven since
-    /// `started`; if this node did not see the whole ride (it restarted mid-trip), the
-    /// straight line from pickup to drop-off × detour factor stands in as the least the ride
-    /// can have been.
+    /// `started` (pings implying an impossible speed left out); if this node did not see the
+    /// whole ride (it restarted mid-trip), the straight line from pickup to drop-off ×
+    /// detour factor stands in as the least the ride can have been. Whatever the meter
+    /// says, the fare is at most `HAIL_FARE_CAP_FACTOR` × the estimate; a capped fare says
+    /// so in its event's `reason` (and `hail_fares_capped_total`), for review.
     pub async fn complete(
         &self,
         driver: &Principal,
@@ -135,9 +153,38 @@ impl Rides {
         let duration_s =
             (Timestamp::at(now).millis() - started_at.millis()).max(0) as f64 / 1_000.0;
         let estimate_m = trip.pickup.distance_m(&trip.dropoff) * self.config.detour_factor;
-        let driven_m = self.fleet.odometer_m(&driver.id).unwrap_or(estimate_m);
-        let fare = self.tariff.fare(driven_m, duration_s);
-        self.driver_step(driver, trip_id, Change::Complete { fare }, now)
+        let (driven_m, implausible) = self.fleet.odometer_m(&driver.id).unwrap_or((estimate_m, 0));
+        let metered = self.tariff.fare(driven_m, duration_s);
+        let cap = (trip.fare_estimate.amount as f64 * self.fare_cap_factor).floor() as i64;
+        let mut notes = Vec::new();
+        if implausible > 0 {
+            notes.push(format!(
+                "{implausible} pings implied an impossible speed and were not counted"
+            ));
+        }
+        let fare = if metered.amount > cap {
+            self.metrics.fares_capped.inc();
+            notes.push(format!(
+                "fare capped at {} × the estimate ({} {}): the meter read {} {} over {:.1} km",
+                self.fare_cap_factor,
+                trip.fare_estimate.amount,
+                metered.currency,
+                metered.amount,
+                metered.currency,
+                driven_m / 1_000.0
+            ));
+            Money {
+                amount: cap,
+                currency: metered.currency,
+            }
+        } else {
+            metered
+        };
+        let reason = (!notes.is_empty()).then(|| notes.join("; "));
+        if reason.is_some() {
+            tracing::warn!(%trip_id, driver_id = %driver.id, ?reason, "fare flagged for review");
+        }
+        self.driver_step_because(driver, trip_id, Change::Complete { fare }, reason, now)
             .await
     }
 

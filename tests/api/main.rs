@@ -7,6 +7,7 @@ mod common;
 
 mod bad_input;
 mod dispatch;
+mod hostile;
 mod ops;
 mod sim;
 mod store;

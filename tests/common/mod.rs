@@ -227,6 +227,9 @@ impl Client {
             .post(format!("{}{path}", self.base))
             .bearer_auth(token)
             .header("content-type", "application/json")
+            // A server may close a connection whose body it refused to read (413): not
+            // one to reuse for the next request.
+            .header("connection", "close")
             .body(body)
             .send()
             .await
@@ -516,7 +519,11 @@ impl<M: DeserializeOwned + std::fmt::Debug> Ws<M> {
         loop {
             match tokio::time::timeout_at(deadline, self.stream.next()).await {
                 Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| f.code.into()),
-                Err(_) | Ok(None) | Ok(Some(Err(_))) => return None,
+                Err(_) | Ok(None) => return None,
+                Ok(Some(Err(error))) => {
+                    eprintln!("socket failed before a close frame: {error}");
+                    return None;
+                }
                 Ok(Some(Ok(_))) => continue,
             }
         }

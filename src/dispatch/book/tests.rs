@@ -238,7 +238,7 @@ fn adopted_offers_keep_their_deadlines() {
 #[test]
 fn sync_follows_the_store_and_keeps_what_it_knows() {
     let (now, wall) = (Instant::now(), Timestamp(1_000_000));
-    let fleet = fleet(&[("a", 100.0), ("b", 200.0)], now);
+    let fleet = fleet(&[("a", 100.0), ("b", 200.0), ("c", 300.0)], now);
     let mut book = book();
     book.submit(&trip("kept", wall), [], now, wall);
     book.submit(&trip("settled", wall), [], now, wall);

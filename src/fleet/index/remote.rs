@@ -67,7 +67,7 @@ impl FleetIndex {
             Some(&index) => index,
             None => self.new_slot(&record.driver_id, now),
         };
-        let stale_after = self.stale_after;
+        let (stale_after, max_speed_mps) = (self.stale_after, self.max_speed_mps);
         let (_, slot) = self.slot_mut(&record.driver_id).expect("created above");
         let was = Self::is_dispatchable(slot, now, stale_after);
         slot.node = Some(node.clone());
@@ -79,8 +79,8 @@ impl FleetIndex {
             .checked_sub(Duration::from_millis(record.silent_ms))
             .unwrap_or(now);
         if let Some(position) = record.position {
-            if let (Some(previous), Some(_)) = (slot.position, &slot.trip_id) {
-                slot.odometer_m += previous.distance_m(&position);
+            if let Some(odometer) = &mut slot.odometer {
+                odometer.count(position, slot.last_ping, max_speed_mps);
             }
             slot.position = Some(position);
             slot.unit = position.unit_vector();

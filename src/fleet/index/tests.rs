@@ -163,13 +163,39 @@ fn odometer_counts_only_a_started_trip() {
     online(&mut index, "d", seoul(), now);
     index.set_trip("d", Some("trp".into()));
     assert_eq!(index.odometer_m("d"), None);
-    index.start_odometer("d");
+    index.start_odometer("d", now);
     let mut p = seoul();
-    for _ in 0..10 {
-        p = p.destination(90.0, 100.0);
-        index.ping("d", p, None, now);
+    for second in 1..=10 {
+        p = p.destination(90.0, 50.0);
+        index.ping("d", p, None, now + Duration::from_secs(second));
     }
-    assert!((index.odometer_m("d").unwrap() - 1_000.0).abs() < 1.0);
+    let (metres, implausible) = index.odometer_m("d").unwrap();
+    assert!((metres - 500.0).abs() < 1.0, "{metres}");
+    assert_eq!(implausible, 0);
+}
+
+/// A spoofed jump (and the way back from it) adds nothing; pings that arrive in a bunch
+/// lose nothing, since each is measured from the last one counted.
+#[test]
+fn odometer_leaves_out_impossible_speeds() {
+    let now = Instant::now();
+    let mut index = FleetIndex::new(STALE);
+    online(&mut index, "d", seoul(), now);
+    index.set_trip("d", Some("trp".into()));
+    index.start_odometer("d", now);
+    let antipode = LatLng::new(-seoul().lat(), seoul().lng() - 180.0).unwrap();
+    index.ping("d", antipode, None, now + Duration::from_secs(4));
+    let near = seoul().destination(0.0, 200.0);
+    index.ping("d", near, None, now + Duration::from_secs(8));
+    // Two pings delivered together: the second is too fast from the first, but is
+    // counted from there once the next one comes.
+    let a = near.destination(0.0, 100.0);
+    index.ping("d", a, None, now + Duration::from_millis(12_000));
+    index.ping("d", a.destination(0.0, 100.0), None, now + Duration::from_millis(12_001));
+    index.ping("d", a.destination(0.0, 300.0), None, now + Duration::from_secs(20));
+    let (metres, implausible) = index.odometer_m("d").unwrap();
+    assert!((metres - 600.0).abs() < 1.0, "{metres}");
+    assert_eq!(implausible, 2, "the jump, and the bunched ping");
 }
 
 #[test]

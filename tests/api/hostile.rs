@@ -1,0 +1,227 @@
+//! Hostile clients (issue 10): slow requests, connection and socket hogging, floods of
+//! frames, oversize frames — each limited, none able to starve anyone else.
+
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use hail::{error::ErrorCode, protocol::ServerMessage};
+use reqwest::StatusCode;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
+
+use crate::common::*;
+
+fn address(server: &TestServer) -> String {
+    server.base.trim_start_matches("http://").to_string()
+}
+
+/// True if the server closes `stream` within `wait` (reads end or fail).
+async fn closed_by_server(stream: &mut TcpStream, wait: Duration) -> bool {
+    let mut buffer = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Slowloris: a request whose header never ends is cut off at the header-read timeout;
+/// so is a kept-alive connection that says nothing more. The cap on plain connections
+/// closes the ones beyond it at once — and serving goes on for everyone else.
+async fn slow_and_idle_connections_are_cut_off(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
+        c.limits.header_read_timeout_ms = 300;
+        c.limits.max_connections = 3;
+    })
+    .await;
+    let mut half = TcpStream::connect(address(&server)).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: hail\r\nX-Slow: ")
+        .await
+        .unwrap();
+    assert!(
+        closed_by_server(&mut half, PATIENCE).await,
+        "an unfinished header is cut off"
+    );
+
+    let mut idle = TcpStream::connect(address(&server)).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: hail\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        closed_by_server(&mut idle, PATIENCE).await,
+        "an idle kept-alive connection is cut off"
+    );
+
+    // Three held connections fill the cap; a fourth is closed before it is read.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(address(&server)).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: hail\r\n")
+            .await
+            .unwrap();
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut over = TcpStream::connect(address(&server)).await.unwrap();
+    assert!(
+        closed_by_server(&mut over, Duration::from_millis(250)).await,
+        "over the cap"
+    );
+    drop(held);
+    // Once they are cut off, the server serves again.
+    eventually("the server answers", || async {
+        let reply = reqwest::get(format!("{}/healthz", server.base))
+            .await
+            .ok()?;
+        (reply.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
+/// One account may hold a few trip streams; the budget of trip streams as a whole can
+/// fill up without keeping a driver's socket or an operator's stream out.
+async fn sockets_are_budgeted_per_account_and_per_role(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
+        c.limits.max_streams_per_account = 2;
+        c.limits.max_trip_streams = 3;
+    })
+    .await;
+    let passenger = server.passenger().await;
+    let trip = server
+        .request_trip(&passenger, gangnam(), city_hall())
+        .await;
+    let url = |token: &str| format!("{}/v1/trips/{}/ws?token={token}", server.ws_base(), trip.id);
+    let first = tokio_tungstenite::connect_async(url(&passenger.token))
+        .await
+        .unwrap();
+    let _second = tokio_tungstenite::connect_async(url(&passenger.token))
+        .await
+        .unwrap();
+    let error = tokio_tungstenite::connect_async(url(&passenger.token))
+        .await
+        .expect_err("a third stream of the same account is refused");
+    let tokio_tungstenite::tungstenite::Error::Http(response) = error else {
+        panic!("{error:?}")
+    };
+    assert_eq!(response.status().as_u16(), 429);
+    let body: hail::protocol::rest::ErrorBody =
+        serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+    assert_eq!(body.error.code, ErrorCode::TooManySockets);
+    // Closing one frees its place.
+    drop(first);
+    eventually("the account's place is free again", || async {
+        tokio_tungstenite::connect_async(url(&passenger.token))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    // The trip-stream budget is spent now (an operator's stream counts in it too) …
+    let _operator = tokio_tungstenite::connect_async(url(OPERATOR_TOKEN)).await;
+    let other = server.passenger().await;
+    let refused = tokio_tungstenite::connect_async(url(&other.token)).await;
+    assert!(refused.is_err(), "the trip-stream budget is spent");
+    // … and drivers and operators still get in.
+    let (_driver, mut ws) = server.online_driver(near_gangnam(100.0)).await;
+    ws.sync().await;
+    let ops = tokio_tungstenite::connect_async(format!(
+        "{}/v1/ops/ws?token={OPERATOR_TOKEN}",
+        server.ws_base()
+    ))
+    .await;
+    assert!(ops.is_ok(), "the operator stream has a budget of its own");
+}
+
+/// Every frame counts, binary and pings too: a flood is throttled, then closed with 1008;
+/// a frame over the limit gets a 1009 close frame.
+async fn floods_and_oversize_frames_get_close_frames(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (_driver, mut ws) = server.online_driver(near_gangnam(100.0)).await;
+    for _ in 0..400 {
+        if ws.stream.send(Message::Ping(vec![1].into())).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(
+        ws.close_code_within(PATIENCE).await,
+        Some(u16::from(CloseCode::Policy)),
+        "a flood of pings ends with 1008"
+    );
+
+    let (_other, mut other) = server.online_driver(near_gangnam(200.0)).await;
+    other.send_text(&"x".repeat(64 * 1024)).await;
+    assert_eq!(
+        other.close_code_within(PATIENCE).await,
+        Some(u16::from(CloseCode::Size))
+    );
+
+    // Trip streams expect nothing from the client: a flood there closes the same way.
+    let passenger = server.passenger().await;
+    let trip = server
+        .request_trip(&passenger, gangnam(), city_hall())
+        .await;
+    let mut stream = server.trip_ws(&trip.id, &passenger.token, 0).await;
+    for _ in 0..400 {
+        if stream
+            .stream
+            .send(Message::binary(vec![0u8; 8]))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(
+        stream.close_code_within(PATIENCE).await,
+        Some(u16::from(CloseCode::Policy))
+    );
+    // Everyone else is served as before.
+    let (_third, mut third) = server.online_driver(near_gangnam(300.0)).await;
+    third.sync().await;
+    let reply = server
+        .get(&format!("/v1/trips/{}", trip.id), &passenger.token)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(matches!(
+        third.try_next(Duration::from_millis(50)).await,
+        None | Some(ServerMessage::Offer(_))
+    ));
+}
+
+/// `/metrics` can live on an address of its own, and then only there.
+async fn metrics_can_have_a_listener_of_their_own(backend: Backend) {
+    let port = free_port();
+    let server = TestServer::start_with(backend, |c| {
+        c.limits.metrics_listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    })
+    .await;
+    let public = server
+        .call(reqwest::Method::GET, "/metrics", None, None::<&()>)
+        .await;
+    assert_eq!(public.error(StatusCode::NOT_FOUND), ErrorCode::NotFound);
+    let private = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(private.status(), StatusCode::OK);
+    assert!(
+        private
+            .text()
+            .await
+            .unwrap()
+            .contains("hail_location_pings_total")
+    );
+}
+
+crate::on_both_stores!(
+    slow_and_idle_connections_are_cut_off,
+    sockets_are_budgeted_per_account_and_per_role,
+    floods_and_oversize_frames_get_close_frames,
+    metrics_can_have_a_listener_of_their_own,
+);
