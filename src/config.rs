@@ -91,6 +91,28 @@ pub struct LimitsConfig {
     /// its event and counted in `/metrics`.
     #[arg(long, env = "HAIL_FARE_CAP_FACTOR", default_value_t = 3.0)]
     pub fare_cap_factor: f64,
+
+    /// Passenger sign-ups a minute from one client address (a burst of as many).
+    #[arg(long, env = "HAIL_SIGNUP_LIMIT_PER_MIN", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub signup_limit_per_min: u32,
+
+    /// Trip requests and cancels a minute by one passenger (a burst of as many).
+    #[arg(long, env = "HAIL_TRIP_REQUEST_LIMIT_PER_MIN", default_value_t = 6,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub trip_request_limit_per_min: u32,
+
+    /// Every other write a minute by one passenger or driver (a burst of a quarter as
+    /// many). Operators are not limited: they are people with tokens of their own.
+    #[arg(long, env = "HAIL_WRITE_LIMIT_PER_MIN", default_value_t = 120,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub write_limit_per_min: u32,
+
+    /// Behind a reverse proxy: take the client's address from the last entry of
+    /// `X-Forwarded-For` (the one the proxy added). Off by default: a client could write
+    /// any address there.
+    #[arg(long, env = "HAIL_TRUST_FORWARDED_FOR", default_value_t = false)]
+    pub trust_forwarded_for: bool,
 }
 
 /// The cluster, DESIGN §1: several nodes on one PostgreSQL, joined by NATS.

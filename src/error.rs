@@ -25,6 +25,8 @@ use crate::{
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// Seconds after which a retry may succeed (`Retry-After`), when known.
+    pub retry_after_s: Option<u64>,
 }
 
 impl ErrorCode {
@@ -39,7 +41,9 @@ impl ErrorCode {
             | InvalidIdempotencyKey
             | InvalidMessage
             | MessageTooLarge
-            | UnsupportedFrame => StatusCode::BAD_REQUEST,
+            | UnsupportedFrame
+            | InvalidUpgrade => StatusCode::BAD_REQUEST,
+            UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             Unauthorized => StatusCode::UNAUTHORIZED,
             Forbidden => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
@@ -59,6 +63,17 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            retry_after_s: None,
+        }
+    }
+
+    /// 429 `rate_limited`, to be retried after `wait`.
+    pub fn rate_limited(what: &str, wait: std::time::Duration) -> Self {
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        ApiError {
+            code: ErrorCode::RateLimited,
+            message: format!("too many {what}; retry in {seconds} s"),
+            retry_after_s: Some(seconds),
         }
     }
 
@@ -117,11 +132,21 @@ impl std::error::Error for ApiError {}
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status(), Json(self.body())).into_response();
-        if self.code == ErrorCode::Unavailable {
-            // Every 503 of ours changed nothing and is worth retrying shortly.
+        // Every 503 of ours changed nothing and is worth retrying shortly.
+        let retry_after = self
+            .retry_after_s
+            .or((self.code == ErrorCode::Unavailable).then_some(1));
+        if let Some(seconds) = retry_after {
             response
                 .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, 1.into());
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        if self.code == ErrorCode::UpgradeRequired {
+            // RFC 6455 §4.4: say which WebSocket version the server speaks.
+            response.headers_mut().insert(
+                axum::http::header::SEC_WEBSOCKET_VERSION,
+                axum::http::HeaderValue::from_static("13"),
+            );
         }
         response
     }

@@ -16,7 +16,7 @@ use crate::{
     config::ServerConfig,
     dispatch::DispatchLoop,
     fleet::Fleet,
-    gateway::{self, App, AppState, listener, socket::Budgets},
+    gateway::{self, App, AppState, limits::RateLimits, listener, socket::Budgets},
     hub::Hub,
     ids::new_token,
     metrics::Metrics,
@@ -162,6 +162,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     let app = Arc::new(App {
         auth: Authenticator::new(store.clone(), &operator_token),
         budgets: Arc::new(Budgets::new(&limits)),
+        limits: RateLimits::new(&limits),
         config,
         node,
         rides,
@@ -179,6 +180,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
             shutdown.clone(),
         )));
     }
+    tasks.push(tokio::spawn(forget_quiet_clients(
+        app.clone(),
+        shutdown.clone(),
+    )));
     let task = tokio::spawn(async move {
         listener::serve(
             listener,
@@ -217,6 +222,17 @@ async fn sweep(rides: Arc<Rides>, mut shutdown: Shutdown) {
         let now = Instant::now();
         rides.sweep_offline_drivers(now);
         rides.forget_silent_nodes(now);
+    }
+}
+
+/// Rate limits keep a state per client; clients quiet for a while are forgotten.
+async fn forget_quiet_clients(app: AppState, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => app.limits.forget_quiet_clients(),
+            _ = shutdown.wait() => return,
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 use axum::{
     extract::{
         State,
-        ws::{Message, WebSocket, WebSocketUpgrade, close_code},
+        ws::{Message, WebSocket, close_code},
     },
     response::{IntoResponse, Response},
 };
@@ -16,6 +16,7 @@ use super::{
     AppState,
     socket::{
         self, Admission, FrameBudget, IDLE_TIMEOUT, KEEPALIVE, MESSAGES_PER_SECOND, SocketKind,
+        Upgrade,
     },
 };
 use crate::{
@@ -44,12 +45,12 @@ enum Reply {
 pub async fn driver_socket(
     State(state): State<AppState>,
     principal: Principal,
-    upgrade: WebSocketUpgrade,
+    Upgrade(upgrade): Upgrade,
 ) -> Result<Response, ApiError> {
     principal.require(Role::Driver)?;
     let permit = state.budgets.take(SocketKind::Driver, &principal.id)?;
     let trip_id = state.rides.driver_trip(&principal.id).await?;
-    Ok(socket::configure(upgrade)
+    Ok(upgrade
         .on_upgrade(move |socket| async move {
             let _permit = permit;
             run(state, principal.id, trip_id, socket).await;

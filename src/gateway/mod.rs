@@ -11,6 +11,7 @@
 
 pub mod console;
 pub mod driver_socket;
+pub mod limits;
 pub mod listener;
 pub mod openapi;
 pub mod ops_stream;
@@ -49,6 +50,8 @@ pub struct App {
     pub node: Node,
     /// How many sockets of each kind, and per account, may be open.
     pub budgets: Arc<socket::Budgets>,
+    /// How many requests of each kind one client may make.
+    pub limits: limits::RateLimits,
     /// Socket tasks close when shutdown begins.
     pub shutdown: Shutdown,
 }
@@ -139,6 +142,25 @@ impl FromRequestParts<AppState> for Principal {
             Some(principal) => Ok(principal),
             None => Err(ApiError::unauthorized()),
         }
+    }
+}
+
+/// The client's address (for limits per address): the connection's peer, or what a
+/// trusted proxy says.
+pub struct ClientAddress(pub Option<std::net::IpAddr>);
+
+impl FromRequestParts<AppState> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddress(
+            state
+                .limits
+                .client_address(listener::peer(parts), &parts.headers),
+        ))
     }
 }
 

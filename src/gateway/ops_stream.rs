@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::{
     extract::{
         State,
-        ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade},
+        ws::{Message, Utf8Bytes, WebSocket},
     },
     response::{IntoResponse, Response},
 };
@@ -19,7 +19,7 @@ use tokio::{sync::broadcast, time::Instant};
 
 use super::{
     AppState,
-    socket::{self, Admission, FrameBudget, SocketKind},
+    socket::{self, Admission, FrameBudget, SocketKind, Upgrade},
 };
 use crate::{
     auth::Principal,
@@ -42,11 +42,11 @@ const FIGURES_EVERY: Duration = Duration::from_secs(2);
 pub async fn ops_socket(
     State(state): State<AppState>,
     principal: Principal,
-    upgrade: WebSocketUpgrade,
+    Upgrade(upgrade): Upgrade,
 ) -> Result<Response, ApiError> {
     principal.require(Role::Operator)?;
     let permit = state.budgets.take(SocketKind::Operator, &principal.id)?;
-    Ok(socket::configure(upgrade)
+    Ok(upgrade
         .on_upgrade(move |socket| async move {
             let _permit = permit;
             state.rides.metrics.sockets_open.inc();

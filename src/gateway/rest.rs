@@ -10,7 +10,7 @@ use axum::{
 };
 use tokio::time::Instant;
 
-use super::{AppState, after_param};
+use super::{AppState, ClientAddress, after_param};
 use crate::{
     auth::Principal,
     error::{ApiError, ApiJson, ErrorCode, parse_json, read_body},
@@ -45,12 +45,14 @@ fn valid_text(field: &str, value: &str, max_chars: usize) -> Result<String, ApiE
 
 #[utoipa::path(post, path = "/v1/passengers", tag = "accounts", request_body = PassengerSignup,
     responses((status = 201, body = Credentials), (status = 400, body = ErrorBody),
-              (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+              (status = 413, body = ErrorBody), (status = 429, body = ErrorBody, description = "rate_limited; see Retry-After"), (status = 503, body = ErrorBody)))]
 pub async fn create_passenger(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     ApiJson(body): ApiJson<PassengerSignup>,
 ) -> Result<(StatusCode, ApiJson<Credentials>), ApiError> {
     let name = valid_text("name", &body.name, MAX_NAME_CHARS)?;
+    state.limits.sign_up(address)?;
     let account = state
         .rides
         .store
@@ -69,13 +71,14 @@ pub async fn create_passenger(
     security(("bearer" = [])),
     responses((status = 201, body = Credentials), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+              (status = 413, body = ErrorBody), (status = 429, body = ErrorBody, description = "rate_limited; see Retry-After"), (status = 503, body = ErrorBody)))]
 pub async fn create_driver(
     State(state): State<AppState>,
     principal: Principal,
     ApiJson(body): ApiJson<DriverSignup>,
 ) -> Result<(StatusCode, ApiJson<Credentials>), ApiError> {
     principal.require(Role::Operator)?;
+    state.limits.write(&principal)?;
     let name = valid_text("name", &body.name, MAX_NAME_CHARS)?;
     let plate = valid_text("vehicle.plate", &body.vehicle.plate, MAX_PLATE_CHARS)?;
     let account = state
@@ -98,7 +101,7 @@ pub async fn create_driver(
             description = "1–200 visible ASCII characters; a retry with the same key returns the same trip")),
     responses((status = 201, body = Trip), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 409, body = ErrorBody, description = "active_trip_exists or idempotency_key_reused"),
-              (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+              (status = 413, body = ErrorBody), (status = 429, body = ErrorBody, description = "rate_limited; see Retry-After"), (status = 503, body = ErrorBody)))]
 pub async fn create_trip(
     State(state): State<AppState>,
     principal: Principal,
@@ -106,6 +109,7 @@ pub async fn create_trip(
     ApiJson(body): ApiJson<TripRequest>,
 ) -> Result<(StatusCode, ApiJson<Trip>), ApiError> {
     principal.require(Role::Passenger)?;
+    state.limits.trip_request(&principal)?;
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
         Some(value) => Some(
@@ -171,7 +175,7 @@ pub async fn trip_events(
 #[utoipa::path(post, path = "/v1/trips/{id}/arrive", tag = "trips", security(("bearer" = [])),
     params(("id" = String, Path, description = "Trip id")),
     responses((status = 200, body = Trip), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody, description = "rate_limited; see Retry-After"), (status = 503, body = ErrorBody)))]
 pub async fn arrive(
     State(state): State<AppState>,
     principal: Principal,
@@ -183,7 +187,7 @@ pub async fn arrive(
 #[utoipa::path(post, path = "/v1/trips/{id}/start", tag = "trips", security(("bearer" = [])),
     params(("id" = String, Path, description = "Trip id")),
     responses((status = 200, body = Trip), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody, description = "rate_limited; see Retry-After"), (status = 503, body = ErrorBody)))]
 pub async fn start(
     State(state): State<AppState>,
     principal: Principal,
@@ -198,6 +202,7 @@ async fn driver_step(
     id: &str,
     change: Change,
 ) -> Result<ApiJson<Trip>, ApiError> {
+    state.limits.write(principal)?;
     state
         .rides
         .driver_step(principal, id, change, Instant::now())
@@ -208,12 +213,13 @@ async fn driver_step(
 #[utoipa::path(post, path = "/v1/trips/{id}/complete", tag = "trips", security(("bearer" = [])),
     params(("id" = String, Path, description = "Trip id")),
     responses((status = 200, body = Trip), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody, description = "rate_limited; see Retry-After"), (status = 503, body = ErrorBody)))]
 pub async fn complete(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<ApiJson<Trip>, ApiError> {
+    state.limits.write(&principal)?;
     state
         .rides
         .complete(&principal, &id, Instant::now())
@@ -226,7 +232,7 @@ pub async fn complete(
     request_body(content = CancelRequest, description = "Optional: an empty body cancels without a reason"),
     responses((status = 200, body = Trip), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 503, body = ErrorBody)))]
+              (status = 429, body = ErrorBody, description = "rate_limited; see Retry-After"), (status = 503, body = ErrorBody)))]
 pub async fn cancel_trip(
     State(state): State<AppState>,
     principal: Principal,
@@ -244,6 +250,7 @@ pub async fn cancel_trip(
         .as_deref()
         .map(|reason| valid_text("reason", reason, MAX_REASON_CHARS))
         .transpose()?;
+    state.limits.trip_request(&principal)?;
     state
         .rides
         .cancel(&principal, &id, reason, Instant::now())
@@ -257,13 +264,14 @@ pub async fn cancel_trip(
     responses((status = 200, body = Trip), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody, description = "driver_unavailable, driver_busy or invalid_transition"),
-              (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+              (status = 413, body = ErrorBody), (status = 429, body = ErrorBody, description = "rate_limited; see Retry-After"), (status = 503, body = ErrorBody)))]
 pub async fn assign(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<AssignRequest>,
 ) -> Result<ApiJson<Trip>, ApiError> {
+    state.limits.write(&principal)?;
     state
         .rides
         .assign(&principal, &id, &body.driver_id, Instant::now())
@@ -276,12 +284,13 @@ pub async fn assign(
     responses((status = 200, body = Trip), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody, description = "offer_expired, offer_already_answered or driver_busy"),
-              (status = 503, body = ErrorBody)))]
+              (status = 429, body = ErrorBody, description = "rate_limited; see Retry-After"), (status = 503, body = ErrorBody)))]
 pub async fn accept_offer(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<ApiJson<Trip>, ApiError> {
+    state.limits.write(&principal)?;
     state
         .rides
         .accept(&principal, &id, Instant::now())
@@ -292,12 +301,13 @@ pub async fn accept_offer(
 #[utoipa::path(post, path = "/v1/offers/{id}/decline", tag = "offers", security(("bearer" = [])),
     params(("id" = String, Path, description = "Offer id")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody, description = "rate_limited; see Retry-After"), (status = 503, body = ErrorBody)))]
 pub async fn decline_offer(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    state.limits.write(&principal)?;
     state.rides.decline(&principal, &id, Instant::now()).await?;
     Ok(StatusCode::NO_CONTENT)
 }

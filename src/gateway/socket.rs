@@ -33,7 +33,33 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MESSAGES_PER_SECOND: f64 = 10.0;
 pub const MESSAGE_BURST: f64 = 20.0;
 
-pub fn configure(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
+/// A WebSocket handshake, with every way it can be wrong answered in our error format
+/// (axum's own rejections are plain text): 426 and `Sec-WebSocket-Version: 13` for a
+/// version the server does not speak, 400 `invalid_upgrade` for the rest.
+pub struct Upgrade(pub WebSocketUpgrade);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Upgrade {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        use axum::extract::ws::rejection::WebSocketUpgradeRejection as Rejection;
+        WebSocketUpgrade::from_request_parts(parts, state)
+            .await
+            .map(|upgrade| Upgrade(configure(upgrade)))
+            .map_err(|rejection| match rejection {
+                Rejection::InvalidWebSocketVersionHeader(_) => ApiError::new(
+                    ErrorCode::UpgradeRequired,
+                    "this server speaks WebSocket version 13 (Sec-WebSocket-Version: 13)",
+                ),
+                other => ApiError::new(ErrorCode::InvalidUpgrade, other.body_text()),
+            })
+    }
+}
+
+fn configure(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)

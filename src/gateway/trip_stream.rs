@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::{
     extract::{
         Path, Query, State,
-        ws::{Message, WebSocket, WebSocketUpgrade, close_code},
+        ws::{Message, WebSocket, close_code},
     },
     response::{IntoResponse, Response},
 };
@@ -16,7 +16,7 @@ use tokio::{sync::broadcast, time::Instant};
 
 use super::{
     AppState, after_param,
-    socket::{self, Admission, FrameBudget, IDLE_TIMEOUT, KEEPALIVE, SocketKind},
+    socket::{self, Admission, FrameBudget, IDLE_TIMEOUT, KEEPALIVE, SocketKind, Upgrade},
 };
 use crate::{
     auth::Principal,
@@ -44,12 +44,12 @@ pub async fn trip_socket(
     principal: Principal,
     Path(trip_id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-    upgrade: WebSocketUpgrade,
+    Upgrade(upgrade): Upgrade,
 ) -> Result<Response, ApiError> {
     let after = after_param(&query)?;
     state.rides.visible_trip(&principal, &trip_id).await?;
     let permit = state.budgets.take(SocketKind::TripStream, &principal.id)?;
-    Ok(socket::configure(upgrade)
+    Ok(upgrade
         .on_upgrade(move |socket| async move {
             let _permit = permit;
             let rides = &state.rides;

@@ -142,11 +142,15 @@ pub enum ErrorCode {
     InvalidMessage,
     MessageTooLarge,
     UnsupportedFrame,
+    /// A WebSocket handshake the server cannot take (not a GET upgrade, headers missing).
+    InvalidUpgrade,
     // 401, 403, 404, 405
     Unauthorized,
     Forbidden,
     NotFound,
     MethodNotAllowed,
+    // 426
+    UpgradeRequired,
     // 409
     InvalidTransition,
     OfferExpired,
@@ -175,6 +179,8 @@ impl ErrorCode {
             ErrorCode::InvalidMessage => "invalid_message",
             ErrorCode::MessageTooLarge => "message_too_large",
             ErrorCode::UnsupportedFrame => "unsupported_frame",
+            ErrorCode::InvalidUpgrade => "invalid_upgrade",
+            ErrorCode::UpgradeRequired => "upgrade_required",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",

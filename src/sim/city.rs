@@ -46,6 +46,8 @@ pub enum Answer<T> {
     Done(T),
     /// 4xx: the server refused; retrying the same request will not help.
     Refused(u16),
+    /// 429: too many requests from this client; retry after this long.
+    Later(Duration),
     /// No answer, or 5xx: nothing is known to have happened; retry (elsewhere).
     Lost,
 }
@@ -57,6 +59,10 @@ pub struct City {
     source_addresses: Vec<IpAddr>,
     hotspots: Vec<(LatLng, f64)>,
     pub counters: Counters,
+    /// Tokens of passengers who have no ride under way: a new ride takes one before
+    /// signing a new passenger up, as a real city reuses its riders (and as the server's
+    /// sign-up limit per address expects).
+    free_passengers: std::sync::Mutex<Vec<String>>,
 }
 
 impl City {
@@ -124,8 +130,19 @@ impl City {
             source_addresses,
             hotspots,
             counters: Counters::default(),
+            free_passengers: std::sync::Mutex::default(),
             config,
         })
+    }
+
+    /// A passenger without a ride under way, if one is free.
+    pub fn free_passenger(&self) -> Option<String> {
+        self.free_passengers.lock().unwrap().pop()
+    }
+
+    /// The passenger's ride is over: it may ride again.
+    pub fn passenger_free(&self, token: String) {
+        self.free_passengers.lock().unwrap().push(token);
     }
 
     pub fn scale(&self, duration: Duration) -> Duration {
@@ -185,7 +202,13 @@ impl City {
         let answer = match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.parse::<u64>().ok());
                 match (status, response.bytes().await) {
+                    (429, _) => Answer::Later(Duration::from_secs(retry_after.unwrap_or(1))),
                     (200..=299, Ok(bytes)) => {
                         let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
                         match serde_json::from_slice(body) {
@@ -264,7 +287,7 @@ impl City {
                 Some(true)
             }
             Answer::Refused(_) => Some(false),
-            Answer::Lost => None,
+            Answer::Lost | Answer::Later(_) => None,
         }
     }
 }

@@ -103,6 +103,7 @@ pub async fn onboard(city: &City, index: usize, rng: &mut StdRng) -> Option<Stri
                 break;
             }
             Answer::Lost => server = city.other_server(server, rng),
+            Answer::Later(wait) => tokio::time::sleep(wait).await,
         }
     }
     Counters::add(&city.counters.onboarding_failures);
@@ -285,7 +286,7 @@ async fn answer(
                         dropoff: trip.dropoff,
                     })
                 }
-                Answer::Refused(_) => None,
+                Answer::Refused(_) | Answer::Later(_) => None,
                 Answer::Lost => {
                     *server = city.other_server(*server, rng);
                     None
@@ -300,7 +301,7 @@ async fn answer(
             {
                 Answer::Done(()) => Counters::add(&counters.declined),
                 Answer::Lost => *server = city.other_server(*server, rng),
-                Answer::Refused(_) => {}
+                Answer::Refused(_) | Answer::Later(_) => {}
             }
             None
         }

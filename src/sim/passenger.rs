@@ -1,6 +1,7 @@
-//! One simulated passenger: signs up, requests a ride around a hotspot, follows it on the
-//! trip stream (resuming after drops, on another node if its node fails), maybe cancels
-//! while waiting, and counts how it ended.
+//! One simulated passenger: takes a free passenger account (or signs one up), requests a
+//! ride around a hotspot, follows it on the trip stream (resuming after drops, on another
+//! node if its node fails), maybe cancels while waiting, counts how it ended, and frees
+//! the account for a later ride. Answers of 429 are honoured: it waits `Retry-After`.
 
 use std::{sync::Arc, time::Duration};
 
@@ -26,19 +27,48 @@ use crate::{
 /// How often a passenger tries a write before giving up.
 const ATTEMPTS: usize = 8;
 
-pub async fn ride(city: Arc<City>, mut rng: StdRng, mut stop: Shutdown) {
-    let counters = &city.counters;
+pub async fn ride(city: Arc<City>, mut rng: StdRng, stop: Shutdown) {
     let mut server = city.pick_server(&mut rng);
-    let signup = PassengerSignup {
-        name: "Passenger".into(),
+    let token = match city.free_passenger() {
+        Some(token) => token,
+        None => {
+            let signup = PassengerSignup {
+                name: "Passenger".into(),
+            };
+            let mut token = None;
+            for _ in 0..ATTEMPTS {
+                match city
+                    .post::<_, Credentials>(server, "/v1/passengers", None, None, &signup)
+                    .await
+                {
+                    Answer::Done(credentials) => {
+                        token = Some(credentials.token);
+                        break;
+                    }
+                    Answer::Later(wait) => tokio::time::sleep(wait).await,
+                    Answer::Lost => server = city.other_server(server, &mut rng),
+                    Answer::Refused(_) => break,
+                }
+            }
+            let Some(token) = token else { return };
+            token
+        }
     };
-    let token = match city
-        .post::<_, Credentials>(server, "/v1/passengers", None, None, &signup)
-        .await
-    {
-        Answer::Done(credentials) => credentials.token,
-        _ => return,
-    };
+    // The account is free again once its ride is over (not if the run stopped mid-ride).
+    if ride_as(&city, &token, server, rng, stop).await {
+        city.passenger_free(token);
+    }
+}
+
+/// One ride of the passenger holding `token`. Returns whether the ride is over.
+async fn ride_as(
+    city: &City,
+    token: &str,
+    mut server: usize,
+    mut rng: StdRng,
+    mut stop: Shutdown,
+) -> bool {
+    let counters = &city.counters;
     let pickup = city.demand_point(&mut rng);
     let dropoff = pickup.destination(
         rng.random_range(0.0..360.0),
@@ -52,8 +82,8 @@ pub async fn ride(city: Arc<City>, mut rng: StdRng, mut stop: Shutdown) {
     let mut trip_id = None;
     let mut backoff = Duration::from_millis(100);
     for _ in 0..ATTEMPTS {
-        match city
-            .post::<_, Trip>(server, "/v1/trips", Some(&token), Some(&key), &body)
+        let wait = match city
+            .post::<_, Trip>(server, "/v1/trips", Some(token), Some(&key), &body)
             .await
         {
             Answer::Done(trip) => {
@@ -61,15 +91,19 @@ pub async fn ride(city: Arc<City>, mut rng: StdRng, mut stop: Shutdown) {
                 break;
             }
             Answer::Refused(_) => break,
-            Answer::Lost => server = city.other_server(server, &mut rng),
-        }
+            Answer::Later(wait) => wait,
+            Answer::Lost => {
+                server = city.other_server(server, &mut rng);
+                backoff.mul_f64(rng.random_range(0.5..1.5))
+            }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(backoff.mul_f64(rng.random_range(0.5..1.5))) => {}
-            _ = stop.wait() => return,
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait() => return false,
         }
         backoff = (backoff * 2).min(Duration::from_secs(3));
     }
-    let Some(trip_id) = trip_id else { return };
+    let Some(trip_id) = trip_id else { return true };
     Counters::add(&counters.requested);
     city.acknowledged(&trip_id, 1, "requested");
     counters.timing(&trip_id, Some(sent), None);
@@ -85,7 +119,7 @@ pub async fn ride(city: Arc<City>, mut rng: StdRng, mut stop: Shutdown) {
             server = city.other_server(server, &mut rng);
             tokio::select! {
                 _ = tokio::time::sleep(backoff.mul_f64(rng.random_range(0.5..1.5))) => {}
-                _ = stop.wait() => return,
+                _ = stop.wait() => return false,
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
             continue;
@@ -101,13 +135,13 @@ pub async fn ride(city: Arc<City>, mut rng: StdRng, mut stop: Shutdown) {
             tokio::select! {
                 _ = stop.wait() => {
                     let _ = ws.close(None).await;
-                    return;
+                    return false;
                 }
                 _ = sleep_until_some(cancel_due) => {
                     let reason = CancelRequest { reason: Some("changed plans".into()) };
                     let path = format!("/v1/trips/{trip_id}/cancel");
                     // Counted when its event arrives; acknowledged here.
-                    if let Answer::Done(trip) = city.post::<_, Trip>(server, &path, Some(&token), None, &reason).await {
+                    if let Answer::Done(trip) = city.post::<_, Trip>(server, &path, Some(token), None, &reason).await {
                         city.acknowledged(&trip_id, trip.seq, "cancelled");
                     }
                     // Sent once: whatever came of it arrives on the stream.
@@ -131,9 +165,9 @@ pub async fn ride(city: Arc<City>, mut rng: StdRng, mut stop: Shutdown) {
                     }
                     match event.event {
                         EventKind::Accepted => Counters::add(&counters.matched),
-                        EventKind::Completed => { Counters::add(&counters.completed); return; }
-                        EventKind::Expired => { Counters::add(&counters.expired); return; }
-                        EventKind::Cancelled => { Counters::add(&counters.cancelled); return; }
+                        EventKind::Completed => { Counters::add(&counters.completed); return true; }
+                        EventKind::Expired => { Counters::add(&counters.expired); return true; }
+                        EventKind::Cancelled => { Counters::add(&counters.cancelled); return true; }
                         _ => {}
                     }
                 }

@@ -366,6 +366,25 @@ async fn sockets_check_tokens_and_roles_before_upgrading(backend: Backend) {
         reply.error(StatusCode::BAD_REQUEST),
         ErrorCode::InvalidAfter
     );
+    // Handshakes that cannot be taken are answered in our error format too.
+    let driver = server.driver().await;
+    let plain = server.get("/v1/driver/ws", &driver.token).await;
+    assert_eq!(plain.error(StatusCode::BAD_REQUEST), ErrorCode::InvalidUpgrade);
+    let old_version = server
+        .http
+        .get(format!("{}/v1/driver/ws", server.base))
+        .bearer_auth(&driver.token)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "8")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old_version.status(), StatusCode::UPGRADE_REQUIRED);
+    assert_eq!(old_version.headers()["sec-websocket-version"], "13");
+    let body: hail::protocol::rest::ErrorBody = old_version.json().await.unwrap();
+    assert_eq!(body.error.code, ErrorCode::UpgradeRequired);
     // Still serving.
     let mut stream = server.trip_ws(&trip.id, &passenger.token, 0).await;
     assert_eq!(stream.event().await.seq, 1);

@@ -569,7 +569,9 @@ async fn a_forged_odometer_cannot_charge_a_fortune(backend: Backend) {
     async fn ride_to_the_antipode(server: &TestServer) -> Trip {
         let passenger = server.passenger().await;
         let (driver, mut ws) = server.online_driver(near_gangnam(100.0)).await;
-        let trip = server.request_trip(&passenger, gangnam(), city_hall()).await;
+        let trip = server
+            .request_trip(&passenger, gangnam(), city_hall())
+            .await;
         let offer = ws.offer().await;
         server.answer(&driver, &offer, "accept").await.ok::<Trip>();
         server.step(&driver, &trip.id, "arrive").await.ok::<Trip>();
@@ -586,7 +588,11 @@ async fn a_forged_odometer_cannot_charge_a_fortune(backend: Backend) {
     let server = TestServer::start(backend).await;
     let done = ride_to_the_antipode(&server).await;
     let fare = done.fare.clone().unwrap();
-    assert!(fare.amount <= done.fare_estimate.amount, "{fare:?} against {:?}", done.fare_estimate);
+    assert!(
+        fare.amount <= done.fare_estimate.amount,
+        "{fare:?} against {:?}",
+        done.fare_estimate
+    );
     let events = server.events(&done.id, OPERATOR_TOKEN, 4).await;
     let note = events[0].reason.clone().unwrap_or_default();
     assert!(note.contains("impossible speed"), "{note}");
@@ -594,11 +600,20 @@ async fn a_forged_odometer_cannot_charge_a_fortune(backend: Backend) {
     let careless = TestServer::start_with(backend, |c| c.limits.max_speed_mps = 1e12).await;
     let done = ride_to_the_antipode(&careless).await;
     let fare = done.fare.clone().unwrap();
-    assert_eq!(fare.amount, done.fare_estimate.amount * 3, "capped at 3× the estimate");
+    assert_eq!(
+        fare.amount,
+        done.fare_estimate.amount * 3,
+        "capped at 3× the estimate"
+    );
     let events = careless.events(&done.id, OPERATOR_TOKEN, 4).await;
     let note = events[0].reason.clone().unwrap_or_default();
     assert!(note.contains("capped"), "{note}");
-    assert!(careless.metrics().await.contains("\nhail_fares_capped_total 1\n"));
+    assert!(
+        careless
+            .metrics()
+            .await
+            .contains("\nhail_fares_capped_total 1\n")
+    );
 }
 
 /// A driver who takes over a handed-back trip reads no trace of who had it before.
@@ -607,7 +622,9 @@ async fn a_driver_sees_no_other_drivers_id(backend: Backend) {
     let passenger = server.passenger().await;
     let (first, mut first_ws) = server.online_driver(near_gangnam(100.0)).await;
     let (second, mut second_ws) = server.online_driver(near_gangnam(900.0)).await;
-    let trip = server.request_trip(&passenger, gangnam(), city_hall()).await;
+    let trip = server
+        .request_trip(&passenger, gangnam(), city_hall())
+        .await;
     let offer = first_ws.offer().await;
     server.answer(&first, &offer, "accept").await.ok::<Trip>();
     server.step(&first, &trip.id, "cancel").await.ok::<Trip>();

@@ -219,7 +219,68 @@ async fn metrics_can_have_a_listener_of_their_own(backend: Backend) {
     );
 }
 
+/// Limits per client address, per passenger and per account answer 429 `rate_limited`
+/// with `Retry-After`, and change nothing; other clients are not affected.
+async fn scripts_meet_the_rate_limits(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
+        c.limits.signup_limit_per_min = 3;
+        c.limits.trip_request_limit_per_min = 2;
+    })
+    .await;
+    let mut passengers = Vec::new();
+    for _ in 0..3 {
+        passengers.push(server.passenger().await);
+    }
+    let signup = hail::protocol::rest::PassengerSignup { name: "Bot".into() };
+    let response = server
+        .http
+        .post(format!("{}/v1/passengers", server.base))
+        .json(&signup)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&retry_after), "{retry_after}");
+    let body: hail::protocol::rest::ErrorBody = response.json().await.unwrap();
+    assert_eq!(body.error.code, ErrorCode::RateLimited);
+
+    // A passenger requesting and cancelling in a loop is stopped at the limit.
+    let passenger = &passengers[0];
+    let trip = server.request_trip(passenger, gangnam(), city_hall()).await;
+    let cancel = format!("/v1/trips/{}/cancel", trip.id);
+    server
+        .post(&cancel, &passenger.token, &serde_json::json!({}))
+        .await
+        .ok::<hail::trip::Trip>();
+    let third = server
+        .post(
+            "/v1/trips",
+            &passenger.token,
+            &serde_json::json!({"pickup": gangnam(), "dropoff": city_hall()}),
+        )
+        .await;
+    assert_eq!(
+        third.error(StatusCode::TOO_MANY_REQUESTS),
+        ErrorCode::RateLimited
+    );
+    assert_eq!(
+        server.snapshot().await.trips.len(),
+        1,
+        "the refused request changed nothing"
+    );
+    // Another passenger is not held back by the first one's budget.
+    server
+        .request_trip(&passengers[1], gangnam(), city_hall())
+        .await;
+}
+
 crate::on_both_stores!(
+    scripts_meet_the_rate_limits,
     slow_and_idle_connections_are_cut_off,
     sockets_are_budgeted_per_account_and_per_role,
     floods_and_oversize_frames_get_close_frames,

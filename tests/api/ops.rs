@@ -151,6 +151,10 @@ async fn the_operator_stream_and_dispatch_run_side_by_side_under_load(backend: B
     let server = TestServer::start_with(backend, |c| {
         c.dispatch.offer_timeout_ms = 300;
         c.dispatch.dispatch_deadline_ms = 3_000;
+        // 20 requests a second from one address: load, not a person.
+        c.limits.signup_limit_per_min = 100_000;
+        c.limits.trip_request_limit_per_min = 100_000;
+        c.limits.write_limit_per_min = 100_000;
     })
     .await;
     let mut watchers = Vec::new();

@@ -191,8 +191,18 @@ fn odometer_leaves_out_impossible_speeds() {
     // counted from there once the next one comes.
     let a = near.destination(0.0, 100.0);
     index.ping("d", a, None, now + Duration::from_millis(12_000));
-    index.ping("d", a.destination(0.0, 100.0), None, now + Duration::from_millis(12_001));
-    index.ping("d", a.destination(0.0, 300.0), None, now + Duration::from_secs(20));
+    index.ping(
+        "d",
+        a.destination(0.0, 100.0),
+        None,
+        now + Duration::from_millis(12_001),
+    );
+    index.ping(
+        "d",
+        a.destination(0.0, 300.0),
+        None,
+        now + Duration::from_secs(20),
+    );
     let (metres, implausible) = index.odometer_m("d").unwrap();
     assert!((metres - 600.0).abs() < 1.0, "{metres}");
     assert_eq!(implausible, 2, "the jump, and the bunched ping");
