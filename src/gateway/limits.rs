@@ -59,7 +59,7 @@ impl RateLimits {
                 .filter_map(|value| value.to_str().ok())
                 .flat_map(|value| value.split(','))
                 .filter_map(|address| address.trim().parse::<IpAddr>().ok())
-                .last()
+                .next_back()
         {
             return Some(forwarded);
         }
