@@ -369,7 +369,10 @@ async fn sockets_check_tokens_and_roles_before_upgrading(backend: Backend) {
     // Handshakes that cannot be taken are answered in our error format too.
     let driver = server.driver().await;
     let plain = server.get("/v1/driver/ws", &driver.token).await;
-    assert_eq!(plain.error(StatusCode::BAD_REQUEST), ErrorCode::InvalidUpgrade);
+    assert_eq!(
+        plain.error(StatusCode::BAD_REQUEST),
+        ErrorCode::InvalidUpgrade
+    );
     let old_version = server
         .http
         .get(format!("{}/v1/driver/ws", server.base))
