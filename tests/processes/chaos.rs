@@ -31,6 +31,11 @@ pub fn settings() -> Vec<(&'static str, String)> {
             "HAIL_DISPATCH_DEADLINE_MS",
             DISPATCH_DEADLINE_MS.to_string(),
         ),
+        // A city 200× faster than life from one address: far more sign-ups, requests and
+        // ride steps a minute than the limits let one real client make.
+        ("HAIL_SIGNUP_LIMIT_PER_MIN", "1000000".into()),
+        ("HAIL_TRIP_REQUEST_LIMIT_PER_MIN", "1000000".into()),
+        ("HAIL_WRITE_LIMIT_PER_MIN", "1000000".into()),
     ]
 }
 

@@ -376,7 +376,8 @@ async fn two_writable_hosts_get_no_writes_at_all() {
         "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/hail",
         old.port, new.port
     );
-    let node = HailProcess::start(0, &both, &[]).await;
+    // The test signs up again and again while it waits: no limit on sign-ups here.
+    let node = HailProcess::start(0, &both, &super::chaos::settings()).await;
     let signup = PassengerSignup {
         name: "Minji".into(),
     };
