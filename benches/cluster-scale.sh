@@ -32,10 +32,11 @@ for i in 0 1 2; do
 done
 sleep 3
 for i in 0 1 2; do
-  # Each simulator drives one node; a third of the demand each.
+  # Each simulator drives one node; a third of the demand each. A source address has
+  # about 28,000 ephemeral ports, shared by the three simulators: 8 addresses leave room.
   target/release/hail sim --server http://127.0.0.1:${ports[$i]} --operator-token $token \
     --drivers "$per_node" --ping-interval-ms 4000 --requests-per-min $((requests / 3)) \
-    --duration 60s --drain 10s --seed $((42 + i)) --source-addresses 2 --json \
+    --duration 60s --drain 20s --seed $((42 + i)) --source-addresses 8 --json --timings "$work/timings-$i" \
     > "$work/sim-$i.out" 2> "$work/sim-$i.err" &
   sims+=($!)
 done
@@ -49,8 +50,26 @@ while kill -0 "${sims[@]}" 2>/dev/null; do
 done
 wait "${sims[@]}" || true
 for i in 0 1 2; do
+  curl -s "127.0.0.1:${ports[$i]}/metrics" | grep -E '^hail_bus_(published|received|dropped)|^hail_bus_lag_seconds_(count|sum)' | tr '\n' ' ' | sed "s/^/node-$i: /"; echo
+done
+for i in 0 1 2; do
   echo "node-$i: peak RSS $(sort -n "$work/rss-$i" | tail -1) KiB"
   tail -1 "$work/sim-$i.out"
 done
+# Request → first offer on any simulator's driver socket (one machine: one clock).
+cat "$work"/timings-* | python3 -c '
+import sys
+sent, offered = {}, {}
+for line in sys.stdin:
+    trip, kind, ms = line.strip().split(",")
+    table = sent if kind == "request" else offered
+    table[trip] = min(table.get(trip, float("inf")), int(ms))
+lat = sorted(offered[t] - sent[t] for t in sent if t in offered)
+if lat:
+    pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
+    print(f"request -> offer over all simulators: {len(lat)} of {len(sent)} requests offered, p50 {pick(0.5)} ms, p99 {pick(0.99)} ms, max {lat[-1]} ms")
+'
 curl -s -H "Authorization: Bearer $token" "127.0.0.1:${ports[0]}/v1/ops/cluster"; echo
+psql "$url" -Atc "SELECT 'trips by state: ' || string_agg(state || ' ' || n, ', ') FROM (SELECT state, count(*) n FROM trips GROUP BY state ORDER BY state) s"
+psql "$url" -Atc "SELECT 'offers by outcome: ' || string_agg(state || ' ' || n, ', ') FROM (SELECT state, count(*) n FROM offers GROUP BY state ORDER BY state) s"
 echo "(logs in $work)"

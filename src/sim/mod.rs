@@ -117,12 +117,18 @@ pub struct SimConfig {
     #[arg(long, default_value_t = 1.0)]
     pub time_scale: f64,
     /// Spread driver sockets over this many 127.0.0.x source addresses (0: one per
-    /// 20,000 drivers). Only for servers on a loopback address.
+    /// 20,000 drivers). Only for servers on a loopback address. Each address has about
+    /// 28,000 ephemeral ports, shared by every process on the machine using it.
     #[arg(long, default_value_t = 0)]
     pub source_addresses: u32,
     /// Print one final JSON line with the summary.
     #[arg(long)]
     pub json: bool,
+    /// Also write when each request was sent and each offer arrived to this file
+    /// (`trip id,request|offer,Unix ms` lines), so that the runs of several simulators
+    /// on one cluster can be joined: a trip's first offer may reach another one's driver.
+    #[arg(long)]
+    pub timings: Option<std::path::PathBuf>,
     /// No live progress (for embedding, e.g. tests).
     #[arg(skip)]
     pub quiet: bool,
@@ -286,6 +292,9 @@ pub async fn run(config: SimConfig, stop: Shutdown) -> anyhow::Result<Summary> {
     while drivers.join_next().await.is_some() {}
     if let Some(progress) = progress {
         let _ = progress.await;
+    }
+    if let Some(path) = &city.config.timings {
+        city.counters.write_timings(path)?;
     }
     Ok(report::summarize(&city, started.elapsed(), pings_before))
 }

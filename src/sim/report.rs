@@ -7,7 +7,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use serde::{Deserialize, Serialize};
@@ -86,6 +86,8 @@ pub struct Counters {
     /// Per trip: when its request was sent and when its first offer arrived; whichever
     /// is learnt second completes a latency sample.
     timing: Mutex<HashMap<String, RequestTiming>>,
+    /// The same moments on the wall clock, for `--timings`.
+    wall_clock: Mutex<Vec<(String, &'static str, u128)>>,
 }
 
 impl Counters {
@@ -98,6 +100,19 @@ impl Counters {
     }
 
     pub fn timing(&self, trip_id: &str, sent: Option<Instant>, offered: Option<Instant>) {
+        let (kind, moment) = match (sent, offered) {
+            (Some(sent), _) => ("request", sent),
+            (None, Some(offered)) => ("offer", offered),
+            (None, None) => return,
+        };
+        let unix_ms = (SystemTime::now() - moment.elapsed())
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        self.wall_clock
+            .lock()
+            .unwrap()
+            .push((trip_id.to_string(), kind, unix_ms));
         let mut timing = self.timing.lock().unwrap();
         let entry = timing.entry(trip_id.to_string()).or_default();
         if entry.0.is_none() {
@@ -116,6 +131,14 @@ impl Counters {
                 .unwrap()
                 .push(latency.as_secs_f64() * 1_000.0);
         }
+    }
+
+    pub fn write_timings(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+        for (trip_id, kind, unix_ms) in self.wall_clock.lock().unwrap().iter() {
+            writeln!(file, "{trip_id},{kind},{unix_ms}")?;
+        }
+        file.flush()
     }
 
     fn latencies(&self) -> Vec<f64> {
