@@ -16,6 +16,28 @@ const CACHE_ENTRIES: usize = 100_000;
 /// Longest token accepted; ours are 64 hex characters.
 pub const MAX_TOKEN_CHARS: usize = 256;
 
+/// Who `HAIL_OPERATOR_TOKEN` is: the bootstrap operator, for the first sign-in and the
+/// demo. Named operators (`hail operator add`) are people; this name is not available to
+/// them.
+pub const BOOTSTRAP_OPERATOR: &str = "operator";
+
+/// Whether `name` may name an operator: 1–64 of letters, digits and `.`, `_`, `-`, `@`
+/// (a login or an e-mail address), and not the bootstrap operator's.
+pub fn check_operator_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(allowed) {
+        Err(format!(
+            "{name:?} is not an operator name: 1 to 64 letters, digits, '.', '_', '-' or '@'"
+        ))
+    } else if name == BOOTSTRAP_OPERATOR {
+        Err(format!(
+            "{name:?} is the HAIL_OPERATOR_TOKEN bootstrap operator's name; choose another"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// Who is acting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
@@ -67,7 +89,8 @@ impl Principal {
 }
 
 /// Maps bearer tokens to principals: the configured operator token, else the accounts in
-/// the store (cached).
+/// the store (cached), else the named operators (not cached: a revoked operator is out at
+/// once, on every node).
 pub struct Authenticator {
     store: Store,
     operator_token_hash: String,
@@ -88,26 +111,51 @@ impl Authenticator {
     pub async fn authenticate(&self, token: &str) -> Result<Option<Principal>, StoreError> {
         let hash = token_hash(token);
         if constant_time_eq(&hash, &self.operator_token_hash) {
-            return Ok(Some(Principal {
-                id: "operator".to_string(),
-                role: Role::Operator,
-            }));
+            return Ok(Some(operator(BOOTSTRAP_OPERATOR)));
         }
         if let Some(found) = self.cache.lock().unwrap().get(&hash) {
             return Ok(Some(found.clone()));
         }
-        let found = self
-            .store
-            .account_by_token_hash(&hash)
-            .await?
-            .map(|(id, role)| Principal { id, role });
-        if let Some(found) = &found {
+        if let Some((id, role)) = self.store.account_by_token_hash(&hash).await? {
+            let found = Principal { id, role };
             let mut cache = self.cache.lock().unwrap();
             if cache.len() >= CACHE_ENTRIES {
                 cache.clear();
             }
             cache.insert(hash, found.clone());
+            return Ok(Some(found));
         }
-        Ok(found)
+        Ok(self
+            .store
+            .operator_by_token_hash(&hash)
+            .await?
+            .map(|name| operator(&name)))
+    }
+
+    /// The operator a console ticket was issued to, using the ticket up.
+    pub async fn redeem_ticket(&self, ticket: &str) -> Result<Option<Principal>, StoreError> {
+        let Some(name) = self.store.redeem_ticket(ticket).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .still_valid(&operator(&name))
+            .await?
+            .then(|| operator(&name)))
+    }
+
+    /// Whether a principal authenticated earlier may still act: a named operator may have
+    /// been revoked since (long-lived operator streams ask this now and then).
+    pub async fn still_valid(&self, principal: &Principal) -> Result<bool, StoreError> {
+        if principal.role != Role::Operator || principal.id == BOOTSTRAP_OPERATOR {
+            return Ok(true);
+        }
+        self.store.operator_active(&principal.id).await
+    }
+}
+
+fn operator(name: &str) -> Principal {
+    Principal {
+        id: name.to_string(),
+        role: Role::Operator,
     }
 }

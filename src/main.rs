@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 
 use clap::{Args, Parser, Subcommand};
-use hail::{config::ServerConfig, server, shutdown, sim};
+use hail::{auth::check_operator_name, config::ServerConfig, server, shutdown, sim, store::Store};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -21,6 +21,31 @@ enum Command {
     Sim(sim::SimConfig),
     /// A server on the embedded store plus a simulated Seoul, in one process.
     Demo(DemoConfig),
+    /// Operators are people: each has a token of their own, and the trip events they
+    /// cause carry their name.
+    Operator(OperatorCommand),
+}
+
+#[derive(Args)]
+struct OperatorCommand {
+    /// The store `hail serve` uses.
+    #[arg(long, env = "HAIL_DATABASE_URL", default_value = "sqlite://hail.db")]
+    database_url: String,
+    #[command(subcommand)]
+    action: OperatorAction,
+}
+
+#[derive(Subcommand)]
+enum OperatorAction {
+    /// Adds an operator and prints their token (once: it is stored hashed).
+    Add {
+        /// 1 to 64 letters, digits, '.', '_', '-' or '@'.
+        name: String,
+    },
+    /// Takes an operator's token away: their requests and console stop working at once.
+    Revoke { name: String },
+    /// Every operator, revoked ones too.
+    List,
 }
 
 #[derive(Args)]
@@ -58,7 +83,48 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(config) => serve(config).await,
         Command::Sim(config) => run_sim(config).await,
         Command::Demo(config) => demo(config).await,
+        Command::Operator(command) => operator(command).await,
     }
+}
+
+async fn operator(command: OperatorCommand) -> anyhow::Result<()> {
+    let store = Store::connect(&command.database_url, 1, std::time::Duration::from_secs(5)).await?;
+    match command.action {
+        OperatorAction::Add { name } => {
+            check_operator_name(&name).map_err(anyhow::Error::msg)?;
+            let Some(token) = store.add_operator(&name).await? else {
+                anyhow::bail!(
+                    "operator {name:?} exists already; revoke them first for a new token"
+                );
+            };
+            // The token alone on stdout (for scripts); the note on stderr.
+            println!("{token}");
+            eprintln!("operator {name} added; the token above is shown only this once");
+        }
+        OperatorAction::Revoke { name } => {
+            if !store.revoke_operator(&name).await? {
+                anyhow::bail!("no operator {name:?} holds a token");
+            }
+            eprintln!(
+                "operator {name} revoked: requests with their token fail from now on, and their open console closes within seconds"
+            );
+        }
+        OperatorAction::List => {
+            for operator in store.operators().await? {
+                let state = match operator.revoked_at {
+                    Some(at) => format!("revoked {}", at.to_rfc3339()),
+                    None => "active".to_string(),
+                };
+                println!(
+                    "{}\tadded {}\t{state}",
+                    operator.name,
+                    operator.created_at.to_rfc3339()
+                );
+            }
+        }
+    }
+    store.close().await;
+    Ok(())
 }
 
 async fn serve(config: ServerConfig) -> anyhow::Result<()> {

@@ -73,6 +73,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .route("/v1/offers/{id}/decline", post(rest::decline_offer))
         .route("/v1/ops/snapshot", get(rest::snapshot))
         .route("/v1/ops/cluster", get(rest::cluster))
+        .route("/v1/ops/tickets", post(rest::ticket))
         .route("/v1/ops/ws", get(ops_stream::ops_socket))
         .route("/v1/driver/ws", get(driver_socket::driver_socket))
         .route("/v1/trips/{id}/ws", get(trip_stream::trip_socket))
@@ -110,8 +111,8 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     /// `Authorization: Bearer <token>` (the scheme in any case, RFC 9110); on a WebSocket
-    /// upgrade also `?token=`, since browsers cannot set headers there. Tokens are never
-    /// logged.
+    /// upgrade also `?ticket=` (single-use, from `POST /v1/ops/tickets`) or `?token=`,
+    /// since browsers cannot set headers there. Tokens are never logged.
     async fn from_request_parts(
         parts: &mut Parts,
         state: &AppState,
@@ -132,7 +133,18 @@ impl FromRequestParts<AppState> for Principal {
             .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"));
         let token = match from_header {
             Some(token) => Some(token),
-            None if is_upgrade => query_pairs(parts.uri.query()).remove("token"),
+            None if is_upgrade => {
+                let mut query = query_pairs(parts.uri.query());
+                if let Some(ticket) = query.remove("ticket") {
+                    let redeemed = if ticket.is_empty() || ticket.len() > MAX_TOKEN_CHARS {
+                        None
+                    } else {
+                        state.auth.redeem_ticket(&ticket).await?
+                    };
+                    return redeemed.ok_or_else(ApiError::unauthorized);
+                }
+                query.remove("token")
+            }
             None => None,
         };
         let Some(token) = token.filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN_CHARS) else {

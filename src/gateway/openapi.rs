@@ -30,6 +30,7 @@ use utoipa::OpenApi;
         super::rest::decline_offer,
         super::rest::snapshot,
         super::rest::cluster,
+        super::rest::ticket,
         super::rest::healthz,
         super::rest::readyz,
         super::rest::metrics,

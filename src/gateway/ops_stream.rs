@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::{
     extract::{
         State,
-        ws::{Message, Utf8Bytes, WebSocket},
+        ws::{Message, Utf8Bytes, WebSocket, close_code},
     },
     response::{IntoResponse, Response},
 };
@@ -36,7 +36,8 @@ const DRIVER_BATCH: Duration = Duration::from_millis(500);
 const FIGURES_EVERY: Duration = Duration::from_secs(2);
 
 #[utoipa::path(get, path = "/v1/ops/ws", tag = "sockets", security(("bearer" = [])),
-    params(("token" = Option<String>, Query, description = "Operator token (browsers cannot set headers)")),
+    params(("ticket" = Option<String>, Query, description = "A single-use ticket from POST /v1/ops/tickets (what the console uses: browsers cannot set headers)"),
+           ("token" = Option<String>, Query, description = "Operator token, for clients that can set no header either (prefer a ticket: URLs end up in logs)")),
     responses((status = 101, description = "Operator stream: OpsMessage (snapshot, then drivers, trip_event, offer and figures)"),
               (status = 401, body = crate::protocol::rest::ErrorBody), (status = 403, body = crate::protocol::rest::ErrorBody)))]
 pub async fn ops_socket(
@@ -50,7 +51,7 @@ pub async fn ops_socket(
         .on_upgrade(move |socket| async move {
             let _permit = permit;
             state.rides.metrics.sockets_open.inc();
-            run(&state, socket).await;
+            run(&state, &principal, socket).await;
             state.rides.metrics.sockets_open.dec();
         })
         .into_response())
@@ -87,7 +88,7 @@ async fn resync(state: &AppState, socket: &mut WebSocket) -> Result<u64, ()> {
     }
 }
 
-async fn run(state: &AppState, mut socket: WebSocket) {
+async fn run(state: &AppState, principal: &Principal, mut socket: WebSocket) {
     let rides = &state.rides;
     // Subscribe first: an event between the snapshot and the subscription would be lost;
     // one in both is harmless (the console keys trips by id and seq).
@@ -116,6 +117,12 @@ async fn run(state: &AppState, mut socket: WebSocket) {
                 }
             }
             _ = figures_tick.tick() => {
+                // A revoked operator is cut off here too, not only at its next request.
+                if let Ok(false) = state.auth.still_valid(principal).await {
+                    let revoked = socket::close(close_code::POLICY, "operator revoked");
+                    let _ = socket.send(revoked).await;
+                    return;
+                }
                 // Drivers counted in place (no copy of the fleet), trips by the store: the
                 // same on every node of a cluster.
                 let mut stats = rides.fleet.stats(Instant::now());

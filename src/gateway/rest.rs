@@ -20,7 +20,8 @@ use crate::{
         rest::{
             AssignRequest, CancelRequest, ClusterView, Credentials, DependencyState, DispatchRole,
             DriverSignup, ErrorBody, EventsPage, Health, MAX_IDEMPOTENCY_KEY_CHARS, MAX_NAME_CHARS,
-            MAX_PLATE_CHARS, MAX_REASON_CHARS, PassengerSignup, Readiness, TripRequest,
+            MAX_PLATE_CHARS, MAX_REASON_CHARS, PassengerSignup, Readiness, SocketTicket,
+            TripRequest,
         },
     },
     trip::{Change, Role, Trip},
@@ -335,6 +336,29 @@ pub async fn cluster(
 ) -> Result<ApiJson<ClusterView>, ApiError> {
     principal.require(Role::Operator)?;
     Ok(ApiJson(ops::cluster(&state.rides.store).await?))
+}
+
+/// How long a console ticket may wait to be used.
+const TICKET_TTL_MS: u64 = 30_000;
+
+#[utoipa::path(post, path = "/v1/ops/tickets", tag = "operations", security(("bearer" = [])),
+    responses((status = 201, body = SocketTicket, description = "A single-use ticket for `GET /v1/ops/ws?ticket=`, good for 30 s"),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn ticket(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<(StatusCode, ApiJson<SocketTicket>), ApiError> {
+    principal.require(Role::Operator)?;
+    let expires_at = crate::trip::Timestamp::now().plus_ms(TICKET_TTL_MS);
+    let ticket = state
+        .rides
+        .store
+        .issue_ticket(&principal.id, expires_at)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(SocketTicket { ticket, expires_at }),
+    ))
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "service", responses((status = 200, body = Health)))]

@@ -116,6 +116,14 @@ pub struct NodeView {
     pub last_seen: Timestamp,
 }
 
+/// `POST /v1/ops/tickets`: opens one operator stream (`/v1/ops/ws?ticket=`), once, within
+/// 30 s — so the browser console never puts its long-lived token in a URL.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SocketTicket {
+    pub ticket: String,
+    pub expires_at: Timestamp,
+}
+
 /// Every error: `{"error": {"code", "message"}}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {

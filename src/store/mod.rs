@@ -12,6 +12,7 @@ mod accounts;
 mod cluster;
 pub mod hosts;
 mod offers;
+mod operators;
 mod trips;
 
 use std::{
@@ -33,6 +34,7 @@ use sqlx::{
 
 pub use cluster::{Fence, Lease, NodeRow};
 pub use offers::{NewOffer, OfferRecord, OfferState};
+pub use operators::OperatorRecord;
 pub use trips::{Cause, ClosedOffer, Creation, NewTrip, Transition};
 
 use crate::trip::InvalidTransition;
@@ -44,6 +46,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "cluster",
         include_str!("../../migrations/0002_cluster.sql"),
+    ),
+    (
+        3,
+        "operators",
+        include_str!("../../migrations/0003_operators.sql"),
     ),
 ];
 

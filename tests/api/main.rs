@@ -8,6 +8,7 @@ mod common;
 mod bad_input;
 mod dispatch;
 mod hostile;
+mod operators;
 mod ops;
 mod sim;
 mod store;

@@ -1575,6 +1575,9 @@
 
   const connection = {
     socket: null,
+    // Bumped by every connect and disconnect: a ticket fetched for an older attempt is
+    // dropped.
+    generation: 0,
     attempt: 0,
     retryTimer: null,
     retryAt: 0,
@@ -1600,12 +1603,23 @@
     if (hideAfterMs) connection.bannerTimer = setTimeout(() => { banner.hidden = true; }, hideAfterMs);
   }
 
-  function connect() {
+  async function connect() {
     clearTimeout(connection.retryTimer);
     clearInterval(connection.countdown);
-    const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-    const url = `${scheme}://${location.host}/v1/ops/ws?token=${encodeURIComponent(session.token)}`;
+    const attempt = ++connection.generation;
     setConnection(connection.lostAt ? 'disconnected' : 'connecting', connection.lostAt ? 'disconnected — reconnecting…' : 'connecting…');
+    // The socket opens with a single-use ticket, never the token: URLs end up in logs.
+    let ticket;
+    try {
+      ticket = (await api('POST', '/v1/ops/tickets')).ticket;
+    } catch {
+      // A 401 has signed out already; anything else is retried like a lost socket.
+      if (attempt === connection.generation) lost(null, true);
+      return;
+    }
+    if (attempt !== connection.generation || !session.token) return; // superseded meanwhile
+    const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+    const url = `${scheme}://${location.host}/v1/ops/ws?ticket=${encodeURIComponent(ticket)}`;
     let socket;
     try {
       socket = new WebSocket(url);
@@ -1688,6 +1702,7 @@
   }
 
   function disconnect() {
+    connection.generation += 1;
     const socket = connection.socket;
     connection.socket = null;
     if (socket) {
