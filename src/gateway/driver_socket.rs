@@ -170,7 +170,9 @@ async fn run(state: AppState, driver_id: String, trip_id: Option<String>, socket
     rides.metrics.sockets_open.dec();
 }
 
-fn handle(state: &AppState, driver_id: &str, body: &str, now: Instant) -> Result<(), ApiError> {
+/// One text frame from a driver's socket: parsed, checked, applied. Public for the fuzz
+/// target (`fuzz/fuzz_targets/driver_message.rs`), which feeds it what a socket could.
+pub fn handle(state: &AppState, driver_id: &str, body: &str, now: Instant) -> Result<(), ApiError> {
     if body.len() > MAX_MESSAGE_BYTES {
         return Err(ApiError::new(
             ErrorCode::MessageTooLarge,

@@ -122,6 +122,55 @@ impl Cluster {
             .unwrap()
     }
 
+    /// The first offer of the leader after `epoch` (see [`Self::first_offer_after`]), waited for
+    /// within the patience bound; if none comes, what the cluster looked like, to tell a
+    /// leader that does not dispatch from a city with nothing to dispatch.
+    async fn failover_offer(&self, epoch: i64) -> Result<i64, String> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(first) = self.first_offer_after(epoch).await {
+                return Ok(first);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut report = format!("lease {:?}", self.lease().await);
+        let states = sqlx::query("SELECT state, COUNT(*) AS n FROM trips GROUP BY state")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap();
+        for row in states {
+            let (state, n): (String, i64) = (row.get("state"), row.get("n"));
+            report.push_str(&format!(", {n} {state}"));
+        }
+        let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM offers WHERE state = 'open'")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        report.push_str(&format!(", {open} open offers"));
+        for (i, node) in self.nodes.iter().enumerate() {
+            let Some(node) = node else {
+                report.push_str(&format!("; node-{i} down"));
+                continue;
+            };
+            let ready = node
+                .call(reqwest::Method::GET, "/readyz", None, None::<&()>)
+                .await;
+            let snapshot = node
+                .call(
+                    reqwest::Method::GET,
+                    "/v1/ops/snapshot",
+                    Some(OPERATOR_TOKEN),
+                    None::<&()>,
+                )
+                .await;
+            let stats = serde_json::from_str::<hail::protocol::operators::Snapshot>(&snapshot.body)
+                .map(|s| format!("{:?}", s.stats))
+                .unwrap_or(snapshot.body);
+            report.push_str(&format!("; node-{i}: {} {stats}", ready.body));
+        }
+        Err(report)
+    }
+
     async fn offers_of_epoch(&self, epoch: i64) -> i64 {
         sqlx::query_scalar("SELECT COUNT(*) FROM offers WHERE epoch = $1")
             .bind(epoch)
@@ -373,10 +422,11 @@ async fn cluster_chaos() {
             Fault::KillLeader => {
                 cluster.kill(leader).await;
                 let (_, new_epoch) = cluster.leader_after(epoch).await;
-                let first = eventually("the new leader's first offer", || {
-                    cluster.first_offer_after(epoch)
-                })
-                .await;
+                let first = cluster.failover_offer(epoch).await.unwrap_or_else(|state| {
+                    panic!(
+                        "fault {n} ({fault:?}), seed {seed}: no offer from the new leader: {state}"
+                    )
+                });
                 failovers_ms.push(first - at);
                 assert!(new_epoch > epoch);
                 cluster.restart(leader).await;
@@ -384,10 +434,11 @@ async fn cluster_chaos() {
             Fault::PauseLeader => {
                 cluster.node(leader).pause(true);
                 cluster.leader_after(epoch).await;
-                let first = eventually("the new leader's first offer", || {
-                    cluster.first_offer_after(epoch)
-                })
-                .await;
+                let first = cluster.failover_offer(epoch).await.unwrap_or_else(|state| {
+                    panic!(
+                        "fault {n} ({fault:?}), seed {seed}: no offer from the new leader: {state}"
+                    )
+                });
                 failovers_ms.push(first - at);
                 // Everything the paused leader committed, it committed before the lease
                 // moved on; now let it run again and see that it commits nothing more.
@@ -429,6 +480,15 @@ async fn cluster_chaos() {
             }
         }
         check(&cluster.pool, &journal, &mut findings, false).await;
+        if (n + 1) % 50 == 0 {
+            let slowest = failovers_ms.iter().max().copied().unwrap_or(0);
+            eprintln!(
+                "cluster chaos: {} of {faults} faults, {} violations, slowest failover {:.1} s",
+                n + 1,
+                findings.violations.len(),
+                slowest as f64 / 1_000.0
+            );
+        }
         if !findings.violations.is_empty() {
             panic!(
                 "after fault {n} ({fault:?}), seed {seed}: {:#?}",
