@@ -388,6 +388,40 @@ async fn sockets_check_tokens_and_roles_before_upgrading(backend: Backend) {
     assert_eq!(old_version.headers()["sec-websocket-version"], "13");
     let body: hail::protocol::rest::ErrorBody = old_version.json().await.unwrap();
     assert_eq!(body.error.code, ErrorCode::UpgradeRequired);
+    // No version at all, or a key that is not 16 bytes in base64, is no handshake (RFC
+    // 6455 §4.2.1): 400, as /openapi.json states.
+    let handshake = [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let broken = [
+        ("sec-websocket-version", None),
+        ("sec-websocket-key", Some("dGhlIHNhbXBsZSBub25jZQ")),
+        ("sec-websocket-key", Some("not a key")),
+    ];
+    for (name, value) in broken {
+        let mut request = server
+            .http
+            .get(format!("{}/v1/driver/ws", server.base))
+            .bearer_auth(&driver.token);
+        for (header, good) in handshake {
+            match (header == name, value) {
+                (false, _) => request = request.header(header, good),
+                (true, Some(value)) => request = request.header(header, value),
+                (true, None) => {}
+            }
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::BAD_REQUEST,
+            "{name}: {value:?}"
+        );
+        let body: hail::protocol::rest::ErrorBody = response.json().await.unwrap();
+        assert_eq!(body.error.code, ErrorCode::InvalidUpgrade);
+    }
     // Still serving.
     let mut stream = server.trip_ws(&trip.id, &passenger.token, 0).await;
     assert_eq!(stream.event().await.seq, 1);
