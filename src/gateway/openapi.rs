@@ -66,3 +66,27 @@ pub async fn openapi() -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::protocol::rest::PRINTABLE_TEXT_PATTERN;
+
+    /// utoipa takes only a literal for a pattern, so each text field repeats it; the
+    /// server checks them all with one function, so the document must say one thing.
+    #[test]
+    fn every_text_field_states_the_one_printable_text_pattern() {
+        let doc = serde_json::to_value(super::document()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        for (schema, field) in [
+            ("PassengerSignup", "name"),
+            ("DriverSignup", "name"),
+            ("Vehicle", "plate"),
+            ("CancelRequest", "reason"),
+        ] {
+            assert_eq!(
+                schemas[schema]["properties"][field]["pattern"], PRINTABLE_TEXT_PATTERN,
+                "{schema}.{field}"
+            );
+        }
+    }
+}

@@ -27,18 +27,21 @@ use crate::{
     trip::{Change, Role, Trip},
 };
 
+/// A free-text field as `PRINTABLE_TEXT_PATTERN` and its `max_length` state it, trimmed.
+/// The length is counted as sent, before trimming, so that the server and the published
+/// schema agree on every string.
 fn valid_text(field: &str, value: &str, max_chars: usize) -> Result<String, ApiError> {
+    if value.chars().count() > max_chars || value.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            format!("{field} must be at most {max_chars} characters, none a control character"),
+        ));
+    }
     let value = value.trim();
     if value.is_empty() {
         return Err(ApiError::new(
             ErrorCode::InvalidBody,
-            format!("{field} must not be empty"),
-        ));
-    }
-    if value.chars().count() > max_chars || value.chars().any(char::is_control) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidBody,
-            format!("{field} must be at most {max_chars} printable characters"),
+            format!("{field} must not be empty or only white space"),
         ));
     }
     Ok(value.to_string())

@@ -80,7 +80,15 @@ async fn accounts_validate_names_and_roles(backend: Backend) {
         let server = &server;
         async move { server.call(Method::POST, path, None, Some(&body)).await }
     };
-    for name in [json!("  "), json!("x".repeat(101)), json!("a\u{7}b")] {
+    // The length is counted as sent, spaces around it included, as /openapi.json says.
+    for name in [
+        json!("  "),
+        json!("\u{3000}"),
+        json!("x".repeat(101)),
+        json!(format!(" {}", "x".repeat(100))),
+        json!("a\u{7}b"),
+        json!("a\u{85}b"),
+    ] {
         let reply = post_anonymous("/v1/passengers", json!({ "name": name })).await;
         assert_eq!(
             reply.error(StatusCode::BAD_REQUEST),
