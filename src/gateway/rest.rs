@@ -233,7 +233,7 @@ pub async fn complete(
 
 #[utoipa::path(post, path = "/v1/trips/{id}/cancel", tag = "trips", security(("bearer" = [])),
     params(("id" = String, Path, description = "Trip id")),
-    request_body(content = CancelRequest, description = "Optional: an empty body cancels without a reason"),
+    request_body(content = Option<CancelRequest>, description = "Optional: no body, or `null`, cancels without a reason"),
     responses((status = 200, body = Trip), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
               (status = 429, body = ErrorBody, description = "rate_limited; see Retry-After"), (status = 503, body = ErrorBody)))]
@@ -244,10 +244,12 @@ pub async fn cancel_trip(
     request: Request,
 ) -> Result<ApiJson<Trip>, ApiError> {
     let bytes = read_body(request, &state).await?;
+    // No body, and a JSON `null`, both mean no reason: the document says the body is
+    // optional, and `null` is how a JSON client says "none".
     let body: CancelRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         CancelRequest::default()
     } else {
-        parse_json(&bytes)?
+        parse_json::<Option<CancelRequest>>(&bytes)?.unwrap_or_default()
     };
     let reason = body
         .reason

@@ -74,6 +74,39 @@ async fn malformed_and_out_of_range_trip_requests_change_nothing(backend: Backen
         .await;
 }
 
+async fn a_cancel_reason_is_checked_and_null_means_none(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let passenger = server.passenger().await;
+    let trip = server
+        .request_trip(&passenger, gangnam(), city_hall())
+        .await;
+    let path = format!("/v1/trips/{}/cancel", trip.id);
+    for body in [
+        r#"{"reason": ""}"#,
+        r#"{"reason": " "}"#,
+        r#"{"reason": "a\u0000b"}"#,
+        r#"{"reason": 42}"#,
+        "[]",
+    ] {
+        let reply = server.post_raw(&path, &passenger.token, body).await;
+        assert_eq!(
+            reply.error(StatusCode::BAD_REQUEST),
+            ErrorCode::InvalidBody,
+            "{body}"
+        );
+    }
+    assert_eq!(
+        server.trip(&trip.id, &passenger.token).await.seq,
+        1,
+        "unchanged"
+    );
+    // The body is optional, and JSON's `null` says the same as none.
+    let cancelled: Trip = server.post_raw(&path, &passenger.token, "null").await.ok();
+    assert_eq!(cancelled.state, hail::trip::TripState::Cancelled);
+    let events = server.events(&trip.id, &passenger.token, 1).await;
+    assert_eq!(events[0].reason, None);
+}
+
 async fn accounts_validate_names_and_roles(backend: Backend) {
     let server = TestServer::start(backend).await;
     let post_anonymous = |path: &'static str, body: serde_json::Value| {
@@ -491,6 +524,7 @@ async fn service_endpoints_answer(backend: Backend) {
 
 crate::on_both_stores!(
     malformed_and_out_of_range_trip_requests_change_nothing,
+    a_cancel_reason_is_checked_and_null_means_none,
     accounts_validate_names_and_roles,
     another_users_trip_and_offer_are_not_found,
     bad_socket_messages_get_errors_and_the_socket_stays_open,
