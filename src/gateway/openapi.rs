@@ -38,11 +38,14 @@ use utoipa::OpenApi;
         super::trip_stream::trip_socket,
         super::ops_stream::ops_socket
     ),
-    components(schemas(
-        crate::protocol::ServerMessage,
-        crate::protocol::DriverMessage,
-        crate::protocol::operators::OpsMessage
-    ))
+    components(
+        schemas(
+            crate::protocol::ServerMessage,
+            crate::protocol::DriverMessage,
+            crate::protocol::operators::OpsMessage
+        ),
+        responses(crate::protocol::rest::RateLimited, crate::protocol::rest::Unavailable)
+    )
 )]
 pub struct ApiDoc;
 

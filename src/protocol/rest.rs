@@ -1,7 +1,7 @@
 //! Bodies of the REST API (DESIGN §3) and the one error format.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{ToResponse, ToSchema};
 
 use crate::{geometry::LatLng, trip::Timestamp, trip::TripEvent};
 
@@ -154,6 +154,25 @@ pub struct SocketTicket {
     pub ticket: String,
     pub expires_at: Timestamp,
 }
+
+/// 429 `rate_limited`: too many requests of this kind from this client; nothing was
+/// changed.
+#[derive(ToResponse)]
+#[response(headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))]
+#[expect(
+    dead_code,
+    reason = "a shape for the OpenAPI document; ApiError writes it"
+)]
+pub struct RateLimited(ErrorBody);
+
+/// 503 `unavailable`: the store is unreachable or too busy; nothing was changed.
+#[derive(ToResponse)]
+#[response(headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))]
+#[expect(
+    dead_code,
+    reason = "a shape for the OpenAPI document; ApiError writes it"
+)]
+pub struct Unavailable(ErrorBody);
 
 /// Every error: `{"error": {"code", "message"}}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
