@@ -38,10 +38,15 @@ enum Reply {
 }
 
 #[utoipa::path(get, path = "/v1/driver/ws", tag = "sockets", security(("bearer" = [])),
-    params(("token" = Option<String>, Query, description = "Bearer token, for clients that cannot set headers")),
+    params(socket::Handshake,
+           ("token" = Option<String>, Query, description = "Bearer token, for clients that cannot set headers")),
     responses((status = 101, description = "Driver socket: send DriverMessage, receive ServerMessage"),
+              (status = 400, body = crate::protocol::rest::ErrorBody, description = "invalid_upgrade: not a WebSocket handshake"),
               (status = 401, body = crate::protocol::rest::ErrorBody), (status = 403, body = crate::protocol::rest::ErrorBody),
-              (status = 503, body = crate::protocol::rest::ErrorBody)))]
+              (status = 426, body = crate::protocol::rest::ErrorBody, description = "upgrade_required: a WebSocket version other than 13",
+               headers(("Sec-WebSocket-Version" = String, description = "13: the version this server speaks"))),
+              (status = 503, body = crate::protocol::rest::ErrorBody, description = "Every driver socket is taken, or the store is unavailable",
+               headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))))]
 pub async fn driver_socket(
     State(state): State<AppState>,
     principal: Principal,

@@ -38,11 +38,14 @@ use utoipa::OpenApi;
         super::trip_stream::trip_socket,
         super::ops_stream::ops_socket
     ),
-    components(schemas(
-        crate::protocol::ServerMessage,
-        crate::protocol::DriverMessage,
-        crate::protocol::operators::OpsMessage
-    ))
+    components(
+        schemas(
+            crate::protocol::ServerMessage,
+            crate::protocol::DriverMessage,
+            crate::protocol::operators::OpsMessage
+        ),
+        responses(crate::protocol::rest::RateLimited, crate::protocol::rest::Unavailable)
+    )
 )]
 pub struct ApiDoc;
 
@@ -65,4 +68,28 @@ pub async fn openapi() -> Response {
         document().to_pretty_json().unwrap_or_default(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::protocol::rest::PRINTABLE_TEXT_PATTERN;
+
+    /// utoipa takes only a literal for a pattern, so each text field repeats it; the
+    /// server checks them all with one function, so the document must say one thing.
+    #[test]
+    fn every_text_field_states_the_one_printable_text_pattern() {
+        let doc = serde_json::to_value(super::document()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        for (schema, field) in [
+            ("PassengerSignup", "name"),
+            ("DriverSignup", "name"),
+            ("Vehicle", "plate"),
+            ("CancelRequest", "reason"),
+        ] {
+            assert_eq!(
+                schemas[schema]["properties"][field]["pattern"], PRINTABLE_TEXT_PATTERN,
+                "{schema}.{field}"
+            );
+        }
+    }
 }

@@ -36,10 +36,16 @@ const DRIVER_BATCH: Duration = Duration::from_millis(500);
 const FIGURES_EVERY: Duration = Duration::from_secs(2);
 
 #[utoipa::path(get, path = "/v1/ops/ws", tag = "sockets", security(("bearer" = [])),
-    params(("ticket" = Option<String>, Query, description = "A single-use ticket from POST /v1/ops/tickets (what the console uses: browsers cannot set headers)"),
+    params(socket::Handshake,
+           ("ticket" = Option<String>, Query, description = "A single-use ticket from POST /v1/ops/tickets (what the console uses: browsers cannot set headers)"),
            ("token" = Option<String>, Query, description = "Operator token, for clients that can set no header either (prefer a ticket: URLs end up in logs)")),
     responses((status = 101, description = "Operator stream: OpsMessage (snapshot, then drivers, trip_event, offer and figures)"),
-              (status = 401, body = crate::protocol::rest::ErrorBody), (status = 403, body = crate::protocol::rest::ErrorBody)))]
+              (status = 400, body = crate::protocol::rest::ErrorBody, description = "invalid_upgrade: not a WebSocket handshake"),
+              (status = 401, body = crate::protocol::rest::ErrorBody), (status = 403, body = crate::protocol::rest::ErrorBody),
+              (status = 426, body = crate::protocol::rest::ErrorBody, description = "upgrade_required: a WebSocket version other than 13",
+               headers(("Sec-WebSocket-Version" = String, description = "13: the version this server speaks"))),
+              (status = 503, body = crate::protocol::rest::ErrorBody, description = "Every operator stream is taken, or the store is unavailable",
+               headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))))]
 pub async fn ops_socket(
     State(state): State<AppState>,
     principal: Principal,

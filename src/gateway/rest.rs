@@ -20,25 +20,28 @@ use crate::{
         rest::{
             AssignRequest, CancelRequest, ClusterView, Credentials, DependencyState, DispatchRole,
             DriverSignup, ErrorBody, EventsPage, Health, MAX_IDEMPOTENCY_KEY_CHARS, MAX_NAME_CHARS,
-            MAX_PLATE_CHARS, MAX_REASON_CHARS, PassengerSignup, Readiness, SocketTicket,
-            TripRequest,
+            MAX_PLATE_CHARS, MAX_REASON_CHARS, PassengerSignup, RateLimited, Readiness,
+            SocketTicket, TripRequest, Unavailable,
         },
     },
     trip::{Change, Role, Trip},
 };
 
+/// A free-text field as `PRINTABLE_TEXT_PATTERN` and its `max_length` state it, trimmed.
+/// The length is counted as sent, before trimming, so that the server and the published
+/// schema agree on every string.
 fn valid_text(field: &str, value: &str, max_chars: usize) -> Result<String, ApiError> {
+    if value.chars().count() > max_chars || value.chars().any(char::is_control) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            format!("{field} must be at most {max_chars} characters, none a control character"),
+        ));
+    }
     let value = value.trim();
     if value.is_empty() {
         return Err(ApiError::new(
             ErrorCode::InvalidBody,
-            format!("{field} must not be empty"),
-        ));
-    }
-    if value.chars().count() > max_chars || value.chars().any(char::is_control) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidBody,
-            format!("{field} must be at most {max_chars} printable characters"),
+            format!("{field} must not be empty or only white space"),
         ));
     }
     Ok(value.to_string())
@@ -46,7 +49,7 @@ fn valid_text(field: &str, value: &str, max_chars: usize) -> Result<String, ApiE
 
 #[utoipa::path(post, path = "/v1/passengers", tag = "accounts", request_body = PassengerSignup,
     responses((status = 201, body = Credentials), (status = 400, body = ErrorBody),
-              (status = 413, body = ErrorBody), (status = 429, body = ErrorBody, description = "rate_limited; see Retry-After"), (status = 503, body = ErrorBody)))]
+              (status = 413, body = ErrorBody), (status = 429, response = RateLimited), (status = 503, response = Unavailable)))]
 pub async fn create_passenger(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
@@ -72,7 +75,7 @@ pub async fn create_passenger(
     security(("bearer" = [])),
     responses((status = 201, body = Credentials), (status = 400, body = ErrorBody),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 413, body = ErrorBody), (status = 429, body = ErrorBody, description = "rate_limited; see Retry-After"), (status = 503, body = ErrorBody)))]
+              (status = 413, body = ErrorBody), (status = 429, response = RateLimited), (status = 503, response = Unavailable)))]
 pub async fn create_driver(
     State(state): State<AppState>,
     principal: Principal,
@@ -98,11 +101,11 @@ pub async fn create_driver(
 
 #[utoipa::path(post, path = "/v1/trips", tag = "trips", request_body = TripRequest,
     security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200,
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, pattern = "^[!-~]+$",
             description = "1–200 visible ASCII characters; a retry with the same key returns the same trip")),
     responses((status = 201, body = Trip), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 409, body = ErrorBody, description = "active_trip_exists or idempotency_key_reused"),
-              (status = 413, body = ErrorBody), (status = 429, body = ErrorBody, description = "rate_limited; see Retry-After"), (status = 503, body = ErrorBody)))]
+              (status = 413, body = ErrorBody), (status = 429, response = RateLimited), (status = 503, response = Unavailable)))]
 pub async fn create_trip(
     State(state): State<AppState>,
     principal: Principal,
@@ -148,7 +151,7 @@ pub async fn create_trip(
 #[utoipa::path(get, path = "/v1/trips/{id}", tag = "trips", security(("bearer" = [])),
     params(("id" = String, Path, description = "Trip id")),
     responses((status = 200, body = Trip), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 503, body = ErrorBody)))]
+              (status = 503, response = Unavailable)))]
 pub async fn get_trip(
     State(state): State<AppState>,
     principal: Principal,
@@ -159,9 +162,9 @@ pub async fn get_trip(
 
 #[utoipa::path(get, path = "/v1/trips/{id}/events", tag = "trips", security(("bearer" = [])),
     params(("id" = String, Path, description = "Trip id"),
-           ("after" = Option<i64>, Query, minimum = 0, description = "Only events with seq > after")),
+           ("after" = Option<i64>, Query, minimum = 0, maximum = 9223372036854775807i64, description = "Only events with seq > after")),
     responses((status = 200, body = EventsPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+              (status = 404, body = ErrorBody), (status = 503, response = Unavailable)))]
 pub async fn trip_events(
     State(state): State<AppState>,
     principal: Principal,
@@ -176,7 +179,7 @@ pub async fn trip_events(
 #[utoipa::path(post, path = "/v1/trips/{id}/arrive", tag = "trips", security(("bearer" = [])),
     params(("id" = String, Path, description = "Trip id")),
     responses((status = 200, body = Trip), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody, description = "rate_limited; see Retry-After"), (status = 503, body = ErrorBody)))]
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, response = RateLimited), (status = 503, response = Unavailable)))]
 pub async fn arrive(
     State(state): State<AppState>,
     principal: Principal,
@@ -188,7 +191,7 @@ pub async fn arrive(
 #[utoipa::path(post, path = "/v1/trips/{id}/start", tag = "trips", security(("bearer" = [])),
     params(("id" = String, Path, description = "Trip id")),
     responses((status = 200, body = Trip), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody, description = "rate_limited; see Retry-After"), (status = 503, body = ErrorBody)))]
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, response = RateLimited), (status = 503, response = Unavailable)))]
 pub async fn start(
     State(state): State<AppState>,
     principal: Principal,
@@ -214,7 +217,7 @@ async fn driver_step(
 #[utoipa::path(post, path = "/v1/trips/{id}/complete", tag = "trips", security(("bearer" = [])),
     params(("id" = String, Path, description = "Trip id")),
     responses((status = 200, body = Trip), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody, description = "rate_limited; see Retry-After"), (status = 503, body = ErrorBody)))]
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, response = RateLimited), (status = 503, response = Unavailable)))]
 pub async fn complete(
     State(state): State<AppState>,
     principal: Principal,
@@ -230,10 +233,10 @@ pub async fn complete(
 
 #[utoipa::path(post, path = "/v1/trips/{id}/cancel", tag = "trips", security(("bearer" = [])),
     params(("id" = String, Path, description = "Trip id")),
-    request_body(content = CancelRequest, description = "Optional: an empty body cancels without a reason"),
+    request_body(content = Option<CancelRequest>, description = "Optional: no body, or `null`, cancels without a reason"),
     responses((status = 200, body = Trip), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 429, body = ErrorBody, description = "rate_limited; see Retry-After"), (status = 503, body = ErrorBody)))]
+              (status = 429, response = RateLimited), (status = 503, response = Unavailable)))]
 pub async fn cancel_trip(
     State(state): State<AppState>,
     principal: Principal,
@@ -241,10 +244,12 @@ pub async fn cancel_trip(
     request: Request,
 ) -> Result<ApiJson<Trip>, ApiError> {
     let bytes = read_body(request, &state).await?;
+    // No body, and a JSON `null`, both mean no reason: the document says the body is
+    // optional, and `null` is how a JSON client says "none".
     let body: CancelRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
         CancelRequest::default()
     } else {
-        parse_json(&bytes)?
+        parse_json::<Option<CancelRequest>>(&bytes)?.unwrap_or_default()
     };
     let reason = body
         .reason
@@ -265,7 +270,7 @@ pub async fn cancel_trip(
     responses((status = 200, body = Trip), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody, description = "driver_unavailable, driver_busy or invalid_transition"),
-              (status = 413, body = ErrorBody), (status = 429, body = ErrorBody, description = "rate_limited; see Retry-After"), (status = 503, body = ErrorBody)))]
+              (status = 413, body = ErrorBody), (status = 429, response = RateLimited), (status = 503, response = Unavailable)))]
 pub async fn assign(
     State(state): State<AppState>,
     principal: Principal,
@@ -285,7 +290,7 @@ pub async fn assign(
     responses((status = 200, body = Trip), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody, description = "offer_expired, offer_already_answered or driver_busy"),
-              (status = 429, body = ErrorBody, description = "rate_limited; see Retry-After"), (status = 503, body = ErrorBody)))]
+              (status = 429, response = RateLimited), (status = 503, response = Unavailable)))]
 pub async fn accept_offer(
     State(state): State<AppState>,
     principal: Principal,
@@ -302,7 +307,7 @@ pub async fn accept_offer(
 #[utoipa::path(post, path = "/v1/offers/{id}/decline", tag = "offers", security(("bearer" = [])),
     params(("id" = String, Path, description = "Offer id")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody, description = "rate_limited; see Retry-After"), (status = 503, body = ErrorBody)))]
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, response = RateLimited), (status = 503, response = Unavailable)))]
 pub async fn decline_offer(
     State(state): State<AppState>,
     principal: Principal,
@@ -315,7 +320,7 @@ pub async fn decline_offer(
 
 #[utoipa::path(get, path = "/v1/ops/snapshot", tag = "operations", security(("bearer" = [])),
     responses((status = 200, body = Snapshot), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 503, body = ErrorBody)))]
+              (status = 503, response = Unavailable)))]
 pub async fn snapshot(
     State(state): State<AppState>,
     principal: Principal,
@@ -329,7 +334,7 @@ pub async fn snapshot(
 
 #[utoipa::path(get, path = "/v1/ops/cluster", tag = "operations", security(("bearer" = [])),
     responses((status = 200, body = ClusterView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 503, body = ErrorBody)))]
+              (status = 503, response = Unavailable)))]
 pub async fn cluster(
     State(state): State<AppState>,
     principal: Principal,
@@ -343,7 +348,7 @@ const TICKET_TTL_MS: u64 = 30_000;
 
 #[utoipa::path(post, path = "/v1/ops/tickets", tag = "operations", security(("bearer" = [])),
     responses((status = 201, body = SocketTicket, description = "A single-use ticket for `GET /v1/ops/ws?ticket=`, good for 30 s"),
-              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, response = Unavailable)))]
 pub async fn ticket(
     State(state): State<AppState>,
     principal: Principal,
@@ -398,7 +403,9 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     (status, ApiJson(readiness)).into_response()
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "service", responses((status = 200, description = "Prometheus metrics")))]
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    responses((status = 200, body = String, content_type = "application/openmetrics-text",
+               description = "Prometheus metrics, in the OpenMetrics text format")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let rides = &state.rides;
     rides.metrics.drivers_online.set(rides.fleet.len() as i64);

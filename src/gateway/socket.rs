@@ -35,8 +35,54 @@ pub const MESSAGE_BURST: f64 = 20.0;
 
 /// A WebSocket handshake, with every way it can be wrong answered in our error format
 /// (axum's own rejections are plain text): 426 and `Sec-WebSocket-Version: 13` for a
-/// version the server does not speak, 400 `invalid_upgrade` for the rest.
+/// version the server does not speak, 400 `invalid_upgrade` for the rest (a missing
+/// version or a malformed key included).
 pub struct Upgrade(pub WebSocketUpgrade);
+
+/// The handshake's headers (RFC 6455 §4.1) as `/openapi.json` states them for every
+/// socket route, so that a client reading the document knows a plain GET gets 400. Each
+/// pattern accepts exactly what [`Upgrade`] accepts: axum looks for `upgrade` anywhere in
+/// `Connection` and compares `Upgrade` without case; the key's shape is checked here.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[expect(
+    dead_code,
+    reason = "read by the OpenAPI document only; `Upgrade` parses them"
+)]
+pub struct Handshake {
+    #[param(
+        rename = "Connection",
+        pattern = "[Uu][Pp][Gg][Rr][Aa][Dd][Ee]",
+        example = "Upgrade"
+    )]
+    connection: String,
+    #[param(
+        rename = "Upgrade",
+        pattern = "^[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt]$",
+        example = "websocket"
+    )]
+    upgrade: String,
+    /// Any other version is answered 426 with `Sec-WebSocket-Version: 13`.
+    #[param(rename = "Sec-WebSocket-Version", pattern = "^13$", example = "13")]
+    version: String,
+    /// 16 random bytes in base64.
+    #[param(
+        rename = "Sec-WebSocket-Key",
+        pattern = "^[A-Za-z0-9+/]{21}[AQgw]==$",
+        example = "dGhlIHNhbXBsZSBub25jZQ=="
+    )]
+    key: String,
+}
+
+/// Whether `key` is 16 bytes in base64, as RFC 6455 §4.1 requires of
+/// `Sec-WebSocket-Key`: 22 digits, the last with its four unused bits clear, then `==`.
+fn valid_websocket_key(key: &[u8]) -> bool {
+    let is_digit = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    key.len() == 24
+        && key[..21].iter().all(is_digit)
+        && matches!(key[21], b'A' | b'Q' | b'g' | b'w')
+        && &key[22..] == b"=="
+}
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Upgrade {
     type Rejection = ApiError;
@@ -46,16 +92,36 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Upgrade {
         state: &S,
     ) -> Result<Self, Self::Rejection> {
         use axum::extract::ws::rejection::WebSocketUpgradeRejection as Rejection;
-        WebSocketUpgrade::from_request_parts(parts, state)
+        // No version at all is no handshake (400, RFC 6455 §4.2.1); 426 is for a version
+        // this server does not speak (§4.4), and axum answers both alike.
+        if !parts
+            .headers
+            .contains_key(axum::http::header::SEC_WEBSOCKET_VERSION)
+        {
+            return Err(ApiError::new(
+                ErrorCode::InvalidUpgrade,
+                "a WebSocket handshake needs Sec-WebSocket-Version: 13",
+            ));
+        }
+        let upgrade = WebSocketUpgrade::from_request_parts(parts, state)
             .await
-            .map(|upgrade| Upgrade(configure(upgrade)))
             .map_err(|rejection| match rejection {
                 Rejection::InvalidWebSocketVersionHeader(_) => ApiError::new(
                     ErrorCode::UpgradeRequired,
                     "this server speaks WebSocket version 13 (Sec-WebSocket-Version: 13)",
                 ),
                 other => ApiError::new(ErrorCode::InvalidUpgrade, other.body_text()),
-            })
+            })?;
+        // axum only asks that the key be there; RFC 6455 §4.2.1 has the server refuse a
+        // handshake whose key is not 16 bytes in base64.
+        let key = parts.headers.get(axum::http::header::SEC_WEBSOCKET_KEY);
+        if !key.is_some_and(|key| valid_websocket_key(key.as_bytes())) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidUpgrade,
+                "Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455)",
+            ));
+        }
+        Ok(Upgrade(configure(upgrade)))
     }
 }
 
@@ -267,6 +333,28 @@ impl MessageBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_websocket_key_is_sixteen_bytes_in_base64() {
+        for key in [
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            "AAAAAAAAAAAAAAAAAAAAAA==",
+            "+/+/+/+/+/+/+/+/+/+/+w==",
+        ] {
+            assert!(valid_websocket_key(key.as_bytes()), "{key}");
+        }
+        for key in [
+            "",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZR==",
+            "dGhlIHNhbXBsZSBub25jZQ=",
+            "dGhlIHNhbXBsZSBub25jZQ===",
+            "dGhlIHNhbXBsZSBub25j*Q==",
+            "dGhlIHNhbXBsZSBub25jZQ==\n",
+        ] {
+            assert!(!valid_websocket_key(key.as_bytes()), "{key}");
+        }
+    }
 
     #[test]
     fn a_flood_is_dropped_then_closed() {

@@ -34,11 +34,17 @@ const IDLE_CHECK: Duration = Duration::from_secs(3);
 
 #[utoipa::path(get, path = "/v1/trips/{id}/ws", tag = "sockets", security(("bearer" = [])),
     params(("id" = String, Path, description = "Trip id"),
-           ("after" = Option<i64>, Query, minimum = 0, description = "Replay events with seq > after first"),
+           socket::Handshake,
+           ("after" = Option<i64>, Query, minimum = 0, maximum = 9223372036854775807i64, description = "Replay events with seq > after first"),
            ("token" = Option<String>, Query, description = "Bearer token, for clients that cannot set headers")),
     responses((status = 101, description = "Trip stream: trip_event and driver_location messages"),
-              (status = 400, body = crate::protocol::rest::ErrorBody), (status = 401, body = crate::protocol::rest::ErrorBody),
-              (status = 404, body = crate::protocol::rest::ErrorBody), (status = 503, body = crate::protocol::rest::ErrorBody)))]
+              (status = 400, body = crate::protocol::rest::ErrorBody, description = "invalid_after, or invalid_upgrade: not a WebSocket handshake"),
+              (status = 401, body = crate::protocol::rest::ErrorBody), (status = 404, body = crate::protocol::rest::ErrorBody),
+              (status = 426, body = crate::protocol::rest::ErrorBody, description = "upgrade_required: a WebSocket version other than 13",
+               headers(("Sec-WebSocket-Version" = String, description = "13: the version this server speaks"))),
+              (status = 429, body = crate::protocol::rest::ErrorBody, description = "too_many_sockets: this account holds as many trip streams as it may"),
+              (status = 503, body = crate::protocol::rest::ErrorBody, description = "Every trip stream is taken, or the store is unavailable",
+               headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))))]
 pub async fn trip_socket(
     State(state): State<AppState>,
     principal: Principal,

@@ -1,7 +1,7 @@
 //! Bodies of the REST API (DESIGN §3) and the one error format.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{ToResponse, ToSchema};
 
 use crate::{geometry::LatLng, trip::Timestamp, trip::TripEvent};
 
@@ -12,23 +12,49 @@ pub const MAX_REASON_CHARS: usize = 500;
 /// Longest `Idempotency-Key`, in visible ASCII characters.
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 200;
 
+/// What every free-text field (a name, a plate, a reason) must match, as `/openapi.json`
+/// states it: no control character (Unicode `Cc`), and something besides white space
+/// (Unicode `White_Space`, which is what `str::trim` removes). Written out in ranges so
+/// that ECMAScript and Python read it alike. The server's own check is
+/// `gateway::rest::valid_text`; utoipa takes only a literal, so each field repeats it and
+/// a test holds them equal.
+pub const PRINTABLE_TEXT_PATTERN: &str = r"^[^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000-\u001f\u007f-\u009f]*$";
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PassengerSignup {
-    /// 1–100 printable characters.
-    #[schema(example = "Minji", min_length = 1, max_length = 100)]
+    /// 1–100 characters, none a control character and not all white space; white space
+    /// around it is trimmed.
+    #[schema(
+        example = "Minji",
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DriverSignup {
-    #[schema(example = "Junho", min_length = 1, max_length = 100)]
+    /// As a passenger's name.
+    #[schema(
+        example = "Junho",
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub name: String,
     pub vehicle: Vehicle,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Vehicle {
-    #[schema(example = "12가3456", min_length = 1, max_length = 20)]
+    /// 1–20 characters, as a name.
+    #[schema(
+        example = "12가3456",
+        min_length = 1,
+        max_length = 20,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub plate: String,
 }
 
@@ -47,8 +73,13 @@ pub struct TripRequest {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct CancelRequest {
-    /// Why, in up to 500 printable characters; kept in the trip's event.
-    #[schema(max_length = 500)]
+    /// Why, in 1–500 characters as a name; kept in the trip's event. Leave it out (or
+    /// null) for no reason.
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub reason: Option<String>,
 }
 
@@ -123,6 +154,25 @@ pub struct SocketTicket {
     pub ticket: String,
     pub expires_at: Timestamp,
 }
+
+/// 429 `rate_limited`: too many requests of this kind from this client; nothing was
+/// changed.
+#[derive(ToResponse)]
+#[response(headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))]
+#[expect(
+    dead_code,
+    reason = "a shape for the OpenAPI document; ApiError writes it"
+)]
+pub struct RateLimited(ErrorBody);
+
+/// 503 `unavailable`: the store is unreachable or too busy; nothing was changed.
+#[derive(ToResponse)]
+#[response(headers(("Retry-After" = u64, description = "Seconds until a retry may succeed")))]
+#[expect(
+    dead_code,
+    reason = "a shape for the OpenAPI document; ApiError writes it"
+)]
+pub struct Unavailable(ErrorBody);
 
 /// Every error: `{"error": {"code", "message"}}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -74,13 +74,54 @@ async fn malformed_and_out_of_range_trip_requests_change_nothing(backend: Backen
         .await;
 }
 
+async fn a_cancel_reason_is_checked_and_null_means_none(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let passenger = server.passenger().await;
+    let trip = server
+        .request_trip(&passenger, gangnam(), city_hall())
+        .await;
+    let path = format!("/v1/trips/{}/cancel", trip.id);
+    for body in [
+        r#"{"reason": ""}"#,
+        r#"{"reason": " "}"#,
+        r#"{"reason": "a\u0000b"}"#,
+        r#"{"reason": 42}"#,
+        "[]",
+    ] {
+        let reply = server.post_raw(&path, &passenger.token, body).await;
+        assert_eq!(
+            reply.error(StatusCode::BAD_REQUEST),
+            ErrorCode::InvalidBody,
+            "{body}"
+        );
+    }
+    assert_eq!(
+        server.trip(&trip.id, &passenger.token).await.seq,
+        1,
+        "unchanged"
+    );
+    // The body is optional, and JSON's `null` says the same as none.
+    let cancelled: Trip = server.post_raw(&path, &passenger.token, "null").await.ok();
+    assert_eq!(cancelled.state, hail::trip::TripState::Cancelled);
+    let events = server.events(&trip.id, &passenger.token, 1).await;
+    assert_eq!(events[0].reason, None);
+}
+
 async fn accounts_validate_names_and_roles(backend: Backend) {
     let server = TestServer::start(backend).await;
     let post_anonymous = |path: &'static str, body: serde_json::Value| {
         let server = &server;
         async move { server.call(Method::POST, path, None, Some(&body)).await }
     };
-    for name in [json!("  "), json!("x".repeat(101)), json!("a\u{7}b")] {
+    // The length is counted as sent, spaces around it included, as /openapi.json says.
+    for name in [
+        json!("  "),
+        json!("\u{3000}"),
+        json!("x".repeat(101)),
+        json!(format!(" {}", "x".repeat(100))),
+        json!("a\u{7}b"),
+        json!("a\u{85}b"),
+    ] {
         let reply = post_anonymous("/v1/passengers", json!({ "name": name })).await;
         assert_eq!(
             reply.error(StatusCode::BAD_REQUEST),
@@ -388,6 +429,40 @@ async fn sockets_check_tokens_and_roles_before_upgrading(backend: Backend) {
     assert_eq!(old_version.headers()["sec-websocket-version"], "13");
     let body: hail::protocol::rest::ErrorBody = old_version.json().await.unwrap();
     assert_eq!(body.error.code, ErrorCode::UpgradeRequired);
+    // No version at all, or a key that is not 16 bytes in base64, is no handshake (RFC
+    // 6455 §4.2.1): 400, as /openapi.json states.
+    let handshake = [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let broken = [
+        ("sec-websocket-version", None),
+        ("sec-websocket-key", Some("dGhlIHNhbXBsZSBub25jZQ")),
+        ("sec-websocket-key", Some("not a key")),
+    ];
+    for (name, value) in broken {
+        let mut request = server
+            .http
+            .get(format!("{}/v1/driver/ws", server.base))
+            .bearer_auth(&driver.token);
+        for (header, good) in handshake {
+            match (header == name, value) {
+                (false, _) => request = request.header(header, good),
+                (true, Some(value)) => request = request.header(header, value),
+                (true, None) => {}
+            }
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::BAD_REQUEST,
+            "{name}: {value:?}"
+        );
+        let body: hail::protocol::rest::ErrorBody = response.json().await.unwrap();
+        assert_eq!(body.error.code, ErrorCode::InvalidUpgrade);
+    }
     // Still serving.
     let mut stream = server.trip_ws(&trip.id, &passenger.token, 0).await;
     assert_eq!(stream.event().await.seq, 1);
@@ -449,6 +524,7 @@ async fn service_endpoints_answer(backend: Backend) {
 
 crate::on_both_stores!(
     malformed_and_out_of_range_trip_requests_change_nothing,
+    a_cancel_reason_is_checked_and_null_means_none,
     accounts_validate_names_and_roles,
     another_users_trip_and_offer_are_not_found,
     bad_socket_messages_get_errors_and_the_socket_stays_open,
