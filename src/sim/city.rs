@@ -7,10 +7,14 @@ use std::{
 };
 
 use anyhow::Context;
+use futures_util::SinkExt;
 use rand::{RngExt, rngs::StdRng};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::{net::TcpSocket, time::Instant};
-use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::WebSocketConfig};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{Message, protocol::WebSocketConfig},
+};
 
 use super::{Acknowledged, SimConfig, report::Counters};
 use crate::{geometry::LatLng, trip::Trip};
@@ -228,9 +232,28 @@ impl City {
         answer
     }
 
+    /// How long a socket may stay silent before the client asks (a WebSocket ping): one
+    /// ping interval, at least a second. Three times this without a word and the server
+    /// is taken for gone.
+    pub fn probe_after(&self) -> Duration {
+        Duration::from_millis(self.config.ping_interval_ms).max(Duration::from_secs(1))
+    }
+
+    /// A silence watch for a socket just opened.
+    pub fn liveness(&self) -> Liveness {
+        Liveness::new(self.probe_after())
+    }
+
     /// Opens a WebSocket at `path` on `server`, from the source address for client
-    /// `index`.
+    /// `index`. A server that accepts the connection but never answers the handshake (a
+    /// stopped process: its kernel still accepts) is given up after three probe times.
     pub async fn connect(&self, server: usize, path: &str, index: usize) -> anyhow::Result<Socket> {
+        tokio::time::timeout(self.probe_after() * 3, self.open(server, path, index))
+            .await
+            .context("no WebSocket handshake: the server is silent")?
+    }
+
+    async fn open(&self, server: usize, path: &str, index: usize) -> anyhow::Result<Socket> {
         let socket = TcpSocket::new_v4()?;
         if let Some(source) = self
             .source_addresses
@@ -292,6 +315,72 @@ impl City {
     }
 }
 
+/// Tells a live server from a silent one. A stopped or cut-off node keeps its TCP
+/// connections open and its kernel takes whatever is sent, so a client that only talks
+/// would wait on it forever (a driver never offered anything, a passenger never told).
+/// Any frame heard counts; after `probe_after` of silence the client sends a WebSocket
+/// ping (every server answers one at once), and after three times that it goes to
+/// another node.
+pub struct Liveness {
+    probe_after: Duration,
+    last_heard: Instant,
+    probed_at: Option<Instant>,
+}
+
+/// What a silence watch says when it is due.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Silence {
+    /// Heard from recently enough.
+    Fine,
+    /// Ask: send a WebSocket ping.
+    Probe,
+    /// Silent too long: the server is gone.
+    Gone,
+}
+
+impl Liveness {
+    pub fn new(probe_after: Duration) -> Liveness {
+        Liveness {
+            probe_after,
+            last_heard: Instant::now(),
+            probed_at: None,
+        }
+    }
+
+    /// A frame arrived.
+    pub fn heard(&mut self) {
+        self.last_heard = Instant::now();
+        self.probed_at = None;
+    }
+
+    /// When [`Self::check`] has something new to say.
+    pub fn due(&self) -> Instant {
+        self.probed_at.unwrap_or(self.last_heard) + self.probe_after
+    }
+
+    /// What is due when [`Self::due`] comes: a probe sent on `ws` if it is time for one.
+    /// False when the server is gone (silent too long, or the probe could not be sent).
+    pub async fn tend(&mut self, ws: &mut Socket) -> bool {
+        match self.check(Instant::now()) {
+            Silence::Fine => true,
+            Silence::Probe => ws.send(Message::Ping(Default::default())).await.is_ok(),
+            Silence::Gone => false,
+        }
+    }
+
+    pub fn check(&mut self, now: Instant) -> Silence {
+        if now.duration_since(self.last_heard) >= self.probe_after * 3 {
+            Silence::Gone
+        } else if now.duration_since(self.probed_at.unwrap_or(self.last_heard)) >= self.probe_after
+        {
+            self.probed_at = Some(now);
+            Silence::Probe
+        } else {
+            Silence::Fine
+        }
+    }
+}
+
 /// Sleeps until `at`, or forever without one (a branch of a `select!` that is off).
 pub async fn sleep_until_some(at: Option<Instant>) {
     match at {
@@ -345,5 +434,31 @@ mod tests {
         assert!(parse_hotspots("atlantis=1").is_err());
         assert!(parse_hotspots("gangnam=0").is_err());
         assert!(parse_hotspots("gangnam=-1").is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_server_is_asked_then_given_up() {
+        let second = Duration::from_secs(1);
+        let mut watch = Liveness::new(second);
+        let start = Instant::now();
+        assert_eq!(watch.check(start), Silence::Fine);
+        assert_eq!(watch.due(), start + second);
+
+        tokio::time::advance(second).await;
+        assert_eq!(watch.check(Instant::now()), Silence::Probe);
+        assert_eq!(
+            watch.check(Instant::now()),
+            Silence::Fine,
+            "one probe per interval"
+        );
+        tokio::time::advance(second).await;
+        assert_eq!(watch.check(Instant::now()), Silence::Probe);
+        // An answer (a pong, or anything) starts the count again.
+        tokio::time::advance(second / 2).await;
+        watch.heard();
+        tokio::time::advance(second * 2).await;
+        assert_eq!(watch.check(Instant::now()), Silence::Probe);
+        tokio::time::advance(second).await;
+        assert_eq!(watch.check(Instant::now()), Silence::Gone);
     }
 }

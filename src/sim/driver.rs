@@ -174,6 +174,7 @@ pub async fn drive(
         let mut ping = tokio::time::interval_at(first, ping_every);
         let mut last_move = Instant::now();
         let mut pending_answer: Option<(Instant, String, Reply)> = None;
+        let mut liveness = city.liveness();
         while alive {
             let answer_due = pending_answer.as_ref().map(|(at, _, _)| *at);
             tokio::select! {
@@ -202,8 +203,10 @@ pub async fn drive(
                         phase = answer(&city, &mut server, &mut rng, &token, &offer_id, reply).await.unwrap_or(phase);
                     }
                 }
+                _ = tokio::time::sleep_until(liveness.due()) => alive = liveness.tend(&mut ws).await,
                 frame = ws.next() => {
                     let Some(Ok(frame)) = frame else { alive = false; continue };
+                    liveness.heard();
                     let Message::Text(text) = frame else { continue };
                     let Ok(message) = serde_json::from_str::<ServerMessage>(&text) else { continue };
                     match message {

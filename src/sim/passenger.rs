@@ -125,6 +125,7 @@ async fn ride_as(
             continue;
         };
         backoff = Duration::from_millis(100);
+        let mut liveness = city.liveness();
         loop {
             let cancel_due = cancel_at.filter(|_| {
                 matches!(
@@ -147,8 +148,14 @@ async fn ride_as(
                     // Sent once: whatever came of it arrives on the stream.
                     state = None;
                 }
+                _ = tokio::time::sleep_until(liveness.due()) => {
+                    if !liveness.tend(&mut ws).await {
+                        break;
+                    }
+                }
                 frame = ws.next() => {
                     let Some(Ok(frame)) = frame else { break };
+                    liveness.heard();
                     let Message::Text(text) = frame else { continue };
                     let Ok(ServerMessage::TripEvent(event)) = serde_json::from_str::<ServerMessage>(&text) else {
                         continue;

@@ -180,7 +180,11 @@ impl Client {
     pub fn new(base: impl Into<String>) -> Client {
         Client {
             base: base.into(),
-            http: reqwest::Client::new(),
+            // A stopped server must fail a test, not hang it.
+            http: reqwest::Client::builder()
+                .timeout(PATIENCE)
+                .build()
+                .expect("an HTTP client"),
         }
     }
 

@@ -152,17 +152,20 @@ impl Cluster {
                 report.push_str(&format!("; node-{i} down"));
                 continue;
             };
-            let ready = node
-                .call(reqwest::Method::GET, "/readyz", None, None::<&()>)
-                .await;
-            let snapshot = node
-                .call(
-                    reqwest::Method::GET,
-                    "/v1/ops/snapshot",
-                    Some(OPERATOR_TOKEN),
-                    None::<&()>,
+            // A paused node answers nothing: ask briefly.
+            let ask = |path: &'static str, token: Option<&'static str>| {
+                tokio::time::timeout(
+                    Duration::from_secs(2),
+                    node.call(reqwest::Method::GET, path, token, None::<&()>),
                 )
-                .await;
+            };
+            let (Ok(ready), Ok(snapshot)) = (
+                ask("/readyz", None).await,
+                ask("/v1/ops/snapshot", Some(OPERATOR_TOKEN)).await,
+            ) else {
+                report.push_str(&format!("; node-{i} silent"));
+                continue;
+            };
             let stats = serde_json::from_str::<hail::protocol::operators::Snapshot>(&snapshot.body)
                 .map(|s| format!("{:?}", s.stats))
                 .unwrap_or(snapshot.body);
@@ -380,6 +383,62 @@ enum Fault {
 /// the bus — under simulated load spread over every node — and checks DESIGN §5 after
 /// each fault. Measures failover: from killing (or pausing) the leader to the first offer
 /// the new leader makes.
+/// A node that stops without dying (SIGSTOP: a stall, a partition) keeps its sockets
+/// open, and its kernel takes whatever is sent to it. Clients that keep the contract's
+/// side (`hail sim`) notice the silence, move to the other node, and get their rides there.
+#[tokio::test]
+#[cfg_attr(
+    not(hail_test_postgres),
+    ignore = "PostgreSQL not tested: set HAIL_TEST_POSTGRES_URL"
+)]
+async fn clients_leave_a_silent_node() {
+    let cluster = Cluster::start(2).await;
+    let (stop, stopped) = shutdown::channel();
+    let mut config = city(cluster.servers(), 7, Arc::new(Journal::default()));
+    config.drivers = 12;
+    let drivers = config.drivers;
+    let simulation = tokio::spawn(sim::run(config, stopped));
+    let on = |snapshot: &hail::protocol::operators::Snapshot, i: usize| {
+        let node = format!("node-{i}");
+        snapshot
+            .drivers
+            .iter()
+            .filter(|d| d.connected && d.node.as_deref() == Some(&*node))
+            .count()
+    };
+    let held = eventually("every driver online", || async {
+        let snapshot = cluster.node(0).snapshot().await;
+        let held = [on(&snapshot, 0), on(&snapshot, 1)];
+        (held[0] + held[1] == drivers).then_some(held)
+    })
+    .await;
+    // Stop the node holding more drivers.
+    let silent = if held[0] >= held[1] { 0 } else { 1 };
+    let live = 1 - silent;
+    cluster.node(silent).pause(true);
+    let paused_at = Timestamp::now().millis();
+
+    eventually("every driver moved to the live node", || async {
+        let snapshot = cluster.node(live).snapshot().await;
+        (on(&snapshot, live) == drivers).then_some(())
+    })
+    .await;
+    eventually("a ride offered after the stall", || async {
+        let offered: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(made_at) FROM offers WHERE made_at > $1")
+                .bind(paused_at)
+                .fetch_one(&cluster.pool)
+                .await
+                .unwrap();
+        offered
+    })
+    .await;
+
+    cluster.node(silent).pause(false);
+    stop.fire();
+    simulation.await.unwrap().expect("the simulation ran");
+}
+
 #[tokio::test]
 #[cfg_attr(
     not(hail_test_postgres),
