@@ -396,7 +396,7 @@ async fn clients_leave_a_silent_node() {
     let (stop, stopped) = shutdown::channel();
     let mut config = city(cluster.servers(), 7, Arc::new(Journal::default()));
     config.drivers = 12;
-    let drivers = config.drivers;
+    let drivers = config.drivers as usize;
     let simulation = tokio::spawn(sim::run(config, stopped));
     let on = |snapshot: &hail::protocol::operators::Snapshot, i: usize| {
         let node = format!("node-{i}");
