@@ -346,9 +346,11 @@ impl Rides {
     }
 }
 
+/// A conflict with the trip's state rather than bad input: the same request without a
+/// reason is fine before pickup.
 fn reason_required(what: &str) -> ApiError {
     ApiError::new(
-        ErrorCode::InvalidBody,
+        ErrorCode::ReasonRequired,
         format!("{what} needs a reason (`reason`)"),
     )
 }
