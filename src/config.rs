@@ -143,6 +143,13 @@ pub struct ClusterConfig {
     pub lease_renew_ms: u64,
 }
 
+/// How the dispatcher matches trips to drivers (`HAIL_MATCHING`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Matching {
+    Greedy,
+    Batch,
+}
+
 /// Dispatch policy, DESIGN §4.
 #[derive(Debug, Clone, Args)]
 pub struct DispatchConfig {
@@ -186,6 +193,23 @@ pub struct DispatchConfig {
     #[arg(long, env = "HAIL_DISPATCH_RETRY_MS", default_value_t = 1_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub dispatch_retry_ms: u64,
+
+    /// How trips meet drivers: `greedy` offers each trip on its own to its best driver at
+    /// once; `batch` collects the waiting trips over a window and assigns them together
+    /// (least total pickup time).
+    #[arg(long, env = "HAIL_MATCHING", value_enum, default_value_t = Matching::Greedy)]
+    pub matching: Matching,
+
+    /// `batch`: the window requests are collected over.
+    #[arg(long, env = "HAIL_BATCH_WINDOW_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub batch_window_ms: u64,
+
+    /// `batch`: most trips weighed in one window (the oldest first; the rest wait for the
+    /// next), which bounds a solve's size.
+    #[arg(long, env = "HAIL_BATCH_MAX_TRIPS", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_max_trips: u32,
 
     /// Road distance over straight-line distance, for ETAs and fare estimates.
     #[arg(long, env = "HAIL_DETOUR_FACTOR", default_value_t = 1.3)]

@@ -366,6 +366,7 @@ mod tests {
             rank: None,
             candidates: None,
             radius_m: None,
+            batch: None,
             at: Timestamp(minute * 60_000),
         };
         for minute in 0..40 {

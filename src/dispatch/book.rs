@@ -14,13 +14,19 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::rank::{Eta, rank_candidates};
+use super::{
+    batch,
+    rank::{Eta, RankedCandidate, rank_candidates},
+};
 use crate::{
-    config::DispatchConfig,
+    config::{DispatchConfig, Matching},
     fleet::{Candidate, Fleet, FleetIndex},
     geometry::LatLng,
     ids::new_id,
-    protocol::{OfferMessage, operators::OfferOutcome},
+    protocol::{
+        OfferMessage,
+        operators::{BatchInfo, OfferOutcome},
+    },
     store::{ClosedOffer, NewOffer, OfferRecord},
     trip::{Money, Timestamp, Trip, TripState},
 };
@@ -71,6 +77,15 @@ pub struct Policy {
     pub offer_timeout: Duration,
     pub deadline: Duration,
     pub retry: Duration,
+    /// `Some` for batched matching (`HAIL_MATCHING=batch`).
+    pub batch: Option<BatchPolicy>,
+}
+
+/// Batched matching: the window trips are collected over, and most trips in one.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPolicy {
+    pub window: Duration,
+    pub max_trips: usize,
 }
 
 impl Policy {
@@ -81,6 +96,10 @@ impl Policy {
             offer_timeout: Duration::from_millis(config.offer_timeout_ms),
             deadline: Duration::from_millis(config.dispatch_deadline_ms),
             retry: Duration::from_millis(config.dispatch_retry_ms),
+            batch: (config.matching == Matching::Batch).then(|| BatchPolicy {
+                window: Duration::from_millis(config.batch_window_ms),
+                max_trips: config.batch_max_trips as usize,
+            }),
         }
     }
 }
@@ -159,6 +178,8 @@ pub struct Book {
     fleet_changed: bool,
     /// The book may have missed something (a refused offer, a full inbox): reload it.
     pub out_of_step: bool,
+    /// Batched matching: when the open window closes (`None`: no trip waits).
+    batch_due: Option<Instant>,
 }
 
 /// Converts a wall-clock time into this process's monotonic clock, as of `now`/`wall`.
@@ -182,6 +203,7 @@ impl Book {
             reserved: HashMap::new(),
             fleet_changed: false,
             out_of_step: false,
+            batch_due: None,
         }
     }
 
@@ -447,6 +469,7 @@ impl Book {
 
         let outermost = self.policy.radii_m.iter().copied().fold(0.0, f64::max);
         let reserved = &mut self.reserved;
+        let mut due = Vec::new();
         for (trip_id, pending) in &mut self.trips {
             if pending.deadline <= now {
                 if !pending.expiring {
@@ -459,6 +482,11 @@ impl Book {
             }
             next = next.min(pending.deadline);
             if pending.offer.is_some() {
+                continue;
+            }
+            if self.policy.batch.is_some() {
+                // Weighed with the others when the window closes.
+                due.push(trip_id.clone());
                 continue;
             }
             if fleet_changed || pending.next_search <= now {
@@ -476,58 +504,36 @@ impl Book {
                     rank_candidates(&nearest, &self.policy.radii_m, pending.pickup, &*self.eta);
                 match ranked.first() {
                     Some(best) => {
-                        let offer_id = new_id("ofr");
-                        let expires_at = now + self.policy.offer_timeout;
-                        let made_at = wall;
-                        let offer = NewOffer {
-                            id: offer_id.clone(),
-                            trip_id: trip_id.clone(),
-                            driver_id: best.driver_id.to_string(),
-                            made_at,
-                            expires_at: made_at
-                                .plus_ms(self.policy.offer_timeout.as_millis() as u64),
-                            pickup_distance_m: best.distance_m,
-                            pickup_eta_s: best.eta_s,
+                        let chosen = Chosen {
+                            candidate: best,
                             rank: 1,
-                            candidates: ranked.len() as u32,
-                            radius_m: best.radius_m,
+                            candidates: ranked.len(),
+                            batch: None,
                         };
-                        let message = OfferMessage {
-                            offer_id: offer_id.clone(),
-                            trip_id: trip_id.clone(),
-                            pickup: pending.pickup,
-                            dropoff: pending.dropoff,
-                            pickup_distance_m: best.distance_m.round(),
-                            pickup_eta_s: best.eta_s.round(),
-                            fare_estimate: pending.fare_estimate.clone(),
-                            expires_at: offer.expires_at,
-                        };
-                        let first_after = (!pending.offered).then(|| now - pending.since);
-                        pending.offered = true;
-                        pending.offer = Some(offer_id.clone());
-                        reserved.insert(offer.driver_id.clone(), offer_id.clone());
-                        self.offers.insert(
-                            offer_id,
-                            OpenOffer {
-                                trip_id: trip_id.clone(),
-                                driver_id: offer.driver_id.clone(),
-                                expires_at,
-                                withdraw: false,
-                                closing: false,
-                            },
-                        );
-                        next = next.min(expires_at);
-                        effects.push(Effect::Offer {
-                            offer,
-                            message,
-                            first_after,
-                        });
+                        let (effect, offer_id, open) =
+                            offer_effect(&self.policy, trip_id, pending, chosen, now, wall);
+                        reserved.insert(open.driver_id.clone(), offer_id.clone());
+                        next = next.min(open.expires_at);
+                        self.offers.insert(offer_id, open);
+                        effects.push(effect);
                         continue;
                     }
                     None => pending.next_search = now + self.policy.retry,
                 }
             }
             next = next.min(pending.next_search.max(now + Duration::from_millis(1)));
+        }
+        if let Some(batch) = self.policy.batch {
+            if due.is_empty() {
+                self.batch_due = None;
+            } else {
+                let closes = *self.batch_due.get_or_insert(now + batch.window);
+                if closes <= now {
+                    effects.extend(self.solve_batch(due, fleet, now, wall));
+                    self.batch_due = Some(now + batch.window);
+                }
+                next = next.min(self.batch_due.unwrap_or(next));
+            }
         }
         // Lapses before expiries before offers: an expiring trip's lapsed driver is freed
         // first, and offers go out last, after everything that frees a driver.
@@ -538,4 +544,193 @@ impl Book {
         });
         (effects, next)
     }
+}
+
+/// The driver a trip is offered to, and how it was chosen.
+struct Chosen<'a> {
+    candidate: &'a RankedCandidate,
+    /// 1 = the trip's best by ETA.
+    rank: usize,
+    candidates: usize,
+    batch: Option<BatchInfo>,
+}
+
+/// The offer of `chosen` for a waiting trip: the effect that writes and delivers it, its
+/// id, and what the book keeps of it while open. Marks the trip offered.
+fn offer_effect(
+    policy: &Policy,
+    trip_id: &str,
+    pending: &mut Pending,
+    chosen: Chosen<'_>,
+    now: Instant,
+    wall: Timestamp,
+) -> (Effect, String, OpenOffer) {
+    let best = chosen.candidate;
+    let offer_id = new_id("ofr");
+    let expires_at = now + policy.offer_timeout;
+    let offer = NewOffer {
+        id: offer_id.clone(),
+        trip_id: trip_id.to_string(),
+        driver_id: best.driver_id.to_string(),
+        made_at: wall,
+        expires_at: wall.plus_ms(policy.offer_timeout.as_millis() as u64),
+        pickup_distance_m: best.distance_m,
+        pickup_eta_s: best.eta_s,
+        rank: chosen.rank as u32,
+        candidates: chosen.candidates as u32,
+        radius_m: best.radius_m,
+        batch: chosen.batch,
+    };
+    let message = OfferMessage {
+        offer_id: offer_id.clone(),
+        trip_id: trip_id.to_string(),
+        pickup: pending.pickup,
+        dropoff: pending.dropoff,
+        pickup_distance_m: best.distance_m.round(),
+        pickup_eta_s: best.eta_s.round(),
+        fare_estimate: pending.fare_estimate.clone(),
+        expires_at: offer.expires_at,
+    };
+    let first_after = (!pending.offered).then(|| now - pending.since);
+    pending.offered = true;
+    pending.offer = Some(offer_id.clone());
+    let open = OpenOffer {
+        trip_id: trip_id.to_string(),
+        driver_id: offer.driver_id.clone(),
+        expires_at,
+        withdraw: false,
+        closing: false,
+    };
+    let effect = Effect::Offer {
+        offer,
+        message,
+        first_after,
+    };
+    (effect, offer_id, open)
+}
+
+impl Book {
+    /// Batched matching: the waiting trips of the window that just closed (the oldest
+    /// first, at most `max_trips`) each with its nearest candidates, assigned together for
+    /// the most trips matched at the least total pickup ETA ([`batch::assign`]). A trip
+    /// left unmatched waits for the next window.
+    fn solve_batch(
+        &mut self,
+        mut due: Vec<String>,
+        fleet: &dyn FleetView,
+        now: Instant,
+        wall: Timestamp,
+    ) -> Vec<Effect> {
+        let Some(policy) = self.policy.batch else {
+            return Vec::new();
+        };
+        let started = std::time::Instant::now();
+        due.sort_by_key(|trip_id| self.trips.get(trip_id).map(|p| p.since));
+        due.truncate(policy.max_trips);
+        let outermost = self.policy.radii_m.iter().copied().fold(0.0, f64::max);
+        let mut drivers: Vec<std::sync::Arc<str>> = Vec::new();
+        let mut index_of: HashMap<std::sync::Arc<str>, usize> = HashMap::new();
+        let mut ranked_per_trip = Vec::with_capacity(due.len());
+        let mut options = Vec::with_capacity(due.len());
+        for trip_id in &due {
+            let Some(pending) = self.trips.get(trip_id) else {
+                ranked_per_trip.push(Vec::new());
+                options.push(Vec::new());
+                continue;
+            };
+            let exclude = |driver_id: &str| {
+                self.reserved.contains_key(driver_id) || pending.excluded.contains(driver_id)
+            };
+            let nearest = fleet.nearest_available(
+                pending.pickup,
+                outermost,
+                self.policy.max_candidates,
+                now,
+                &exclude,
+            );
+            let ranked = rank_all(&nearest, &self.policy.radii_m, pending.pickup, &*self.eta);
+            options.push(
+                ranked
+                    .iter()
+                    .map(|candidate| {
+                        let next = drivers.len();
+                        let index =
+                            *index_of
+                                .entry(candidate.driver_id.clone())
+                                .or_insert_with(|| {
+                                    drivers.push(candidate.driver_id.clone());
+                                    next
+                                });
+                        (index, (candidate.eta_s * 1_000.0).round() as i64)
+                    })
+                    .collect(),
+            );
+            ranked_per_trip.push(ranked);
+        }
+        let (assigned, parts) = batch::assign(&options, drivers.len());
+        let solve_us = started.elapsed().as_micros() as u64;
+        let mut part_size = vec![0; due.len()];
+        for part in &parts {
+            for &trip in &part.trips {
+                part_size[trip] = part.trips.len();
+            }
+        }
+        let mut effects = Vec::new();
+        for (position, driver) in assigned.into_iter().enumerate() {
+            let trip_id = &due[position];
+            let (Some(driver), Some(pending)) = (driver, self.trips.get_mut(trip_id)) else {
+                continue;
+            };
+            let ranked = &ranked_per_trip[position];
+            let Some(rank) = ranked.iter().position(|c| *c.driver_id == *drivers[driver]) else {
+                continue;
+            };
+            let chosen = Chosen {
+                candidate: &ranked[rank],
+                rank: rank + 1,
+                candidates: ranked.len(),
+                batch: Some(BatchInfo {
+                    window_ms: policy.window.as_millis() as u64,
+                    size: part_size[position] as u32,
+                    solve_us,
+                }),
+            };
+            let (effect, offer_id, open) =
+                offer_effect(&self.policy, trip_id, pending, chosen, now, wall);
+            self.reserved
+                .insert(open.driver_id.clone(), offer_id.clone());
+            self.offers.insert(offer_id, open);
+            effects.push(effect);
+        }
+        effects
+    }
+}
+
+/// Every candidate within the outermost radius, each with the innermost radius it falls
+/// in, best pickup ETA first (batched matching weighs them all; greedy takes the innermost
+/// tier's best, [`rank_candidates`]).
+fn rank_all(
+    nearest: &[Candidate],
+    radii_m: &[f64],
+    pickup: LatLng,
+    eta: &dyn Eta,
+) -> Vec<RankedCandidate> {
+    let mut ranked: Vec<RankedCandidate> = nearest
+        .iter()
+        .filter_map(|c| {
+            let radius_m = radii_m.iter().copied().find(|r| c.distance_m <= *r)?;
+            Some(RankedCandidate {
+                driver_id: c.driver_id.clone(),
+                distance_m: c.distance_m,
+                eta_s: eta.pickup_eta_s(c.position, pickup, c.distance_m),
+                radius_m,
+            })
+        })
+        .collect();
+    ranked.sort_by(|a, b| {
+        a.eta_s
+            .total_cmp(&b.eta_s)
+            .then(a.distance_m.total_cmp(&b.distance_m))
+    });
+    ranked
 }

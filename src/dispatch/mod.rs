@@ -16,6 +16,7 @@
 //! store transactions on whichever node the driver's request lands, and the book hears
 //! of them like everyone else.
 
+pub mod batch;
 pub mod book;
 mod lost;
 pub mod rank;

@@ -142,7 +142,20 @@ pub struct OfferLog {
     pub candidates: Option<u32>,
     /// The search radius the candidates came from.
     pub radius_m: Option<f64>,
+    /// Set on `made` when the offer was chosen in a batch.
+    pub batch: Option<BatchInfo>,
     pub at: Timestamp,
+}
+
+/// How a batched offer was chosen (`HAIL_MATCHING=batch`); its cost is its pickup ETA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BatchInfo {
+    /// The window requests were collected over.
+    pub window_ms: u64,
+    /// Trips weighed together in the solve that chose it (those sharing candidates).
+    pub size: u32,
+    /// How long that solve took, in microseconds.
+    pub solve_us: u64,
 }
 
 /// Trips and offers of one minute.

@@ -13,13 +13,14 @@ use super::{
 use crate::{
     protocol::{
         OfferMessage, WithdrawReason,
-        operators::{OfferLog, OfferOutcome},
+        operators::{BatchInfo, OfferLog, OfferOutcome},
     },
     trip::{Actor, Change, Role, Timestamp, Trip, TripState},
 };
 
 const OFFER_COLUMNS: &str = "id, trip_id, driver_id, epoch, made_at, expires_at, state, \
-     closed_at, withdraw_reason, pickup_distance_m, pickup_eta_s, candidate_rank, candidates, radius_m";
+     closed_at, withdraw_reason, pickup_distance_m, pickup_eta_s, candidate_rank, candidates, radius_m, \
+     batch_window_ms, batch_size, batch_solve_us";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OfferState {
@@ -66,6 +67,9 @@ pub struct NewOffer {
     pub rank: u32,
     pub candidates: u32,
     pub radius_m: f64,
+    /// Chosen in a batch (`HAIL_MATCHING=batch`), not one trip at a time.
+    #[serde(default)]
+    pub batch: Option<BatchInfo>,
 }
 
 /// An offer as stored.
@@ -105,6 +109,7 @@ impl NewOffer {
             rank: Some(self.rank),
             candidates: Some(self.candidates),
             radius_m: Some(self.radius_m),
+            batch: self.batch,
             at: self.made_at,
         }
     }
@@ -123,6 +128,7 @@ impl ClosedOffer {
             rank: None,
             candidates: None,
             radius_m: None,
+            batch: None,
             at,
         }
     }
@@ -162,8 +168,9 @@ impl Store {
             }
             sqlx::query(
                 "INSERT INTO offers (id, trip_id, driver_id, epoch, made_at, expires_at, state, \
-                 pickup_distance_m, pickup_eta_s, candidate_rank, candidates, radius_m) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8, $9, $10, $11)",
+                 pickup_distance_m, pickup_eta_s, candidate_rank, candidates, radius_m, \
+                 batch_window_ms, batch_size, batch_solve_us) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8, $9, $10, $11, $12, $13, $14)",
             )
             .bind(&offer.id)
             .bind(&offer.trip_id)
@@ -176,6 +183,9 @@ impl Store {
             .bind(i64::from(offer.rank))
             .bind(i64::from(offer.candidates))
             .bind(offer.radius_m)
+            .bind(offer.batch.map(|b| b.window_ms as i64))
+            .bind(offer.batch.map(|b| i64::from(b.size)))
+            .bind(offer.batch.map(|b| b.solve_us as i64))
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -470,6 +480,17 @@ fn offer_from_row(row: &AnyRow) -> Result<OfferRecord, StoreError> {
     let reason: Option<String> = row.try_get("withdraw_reason")?;
     let rank: i64 = row.try_get("candidate_rank")?;
     let candidates: i64 = row.try_get("candidates")?;
+    let window_ms: Option<i64> = row.try_get("batch_window_ms")?;
+    let size: Option<i64> = row.try_get("batch_size")?;
+    let solve_us: Option<i64> = row.try_get("batch_solve_us")?;
+    let batch = match (window_ms, size, solve_us) {
+        (Some(window_ms), Some(size), Some(solve_us)) => Some(BatchInfo {
+            window_ms: window_ms.max(0) as u64,
+            size: size.try_into().unwrap_or(u32::MAX),
+            solve_us: solve_us.max(0) as u64,
+        }),
+        _ => None,
+    };
     Ok(OfferRecord {
         offer: NewOffer {
             id: row.try_get("id")?,
@@ -482,6 +503,7 @@ fn offer_from_row(row: &AnyRow) -> Result<OfferRecord, StoreError> {
             rank: rank.try_into().unwrap_or(u32::MAX),
             candidates: candidates.try_into().unwrap_or(u32::MAX),
             radius_m: row.try_get("radius_m")?,
+            batch,
         },
         epoch: row.try_get("epoch")?,
         state: OfferState::parse(&state)

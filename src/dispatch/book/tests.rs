@@ -12,6 +12,7 @@ fn policy() -> Policy {
         offer_timeout: OFFER_TIMEOUT,
         deadline: DEADLINE,
         retry: Duration::from_secs(1),
+        batch: None,
     }
 }
 
@@ -206,6 +207,7 @@ fn adopted_offers_keep_their_deadlines() {
             rank: 1,
             candidates: 2,
             radius_m: 3_000.0,
+            batch: None,
         },
         epoch: 1,
         state: crate::store::OfferState::Open,
@@ -317,4 +319,142 @@ fn refusals_free_the_driver_and_say_when_the_book_is_out_of_step() {
     fleet.set_status("d", DriverStatus::Offline, now);
     let (effects, _) = book.step(&fleet, now + Duration::from_secs(2), wall);
     assert!(offers(&effects).is_empty());
+}
+
+fn batch_book(window: Duration) -> Book {
+    let mut policy = policy();
+    policy.batch = Some(BatchPolicy {
+        window,
+        max_trips: 200,
+    });
+    Book::new(
+        policy,
+        Box::new(StraightLineEta {
+            detour_factor: 1.3,
+            speed_mps: 7.0,
+        }),
+    )
+}
+
+fn trip_at(id: &str, wall: Timestamp, metres_north: f64) -> Trip {
+    let mut trip = trip(id, wall);
+    trip.pickup = pickup().destination(0.0, metres_north);
+    trip
+}
+
+/// Trip `a` at the pickup, `b` 1.5 km north of it; driver `x` between them (700 m from
+/// `a`, 800 m from `b`), driver `y` 900 m south of `a`. Nearest-first gives `a` the
+/// driver `x` and sends `y` 2.4 km to `b` (3.1 km in all); the batch gives 1.7 km.
+fn the_trap(book: &mut Book, now: Instant, wall: Timestamp) -> FleetIndex {
+    let fleet = fleet(&[("x", 700.0), ("y", -900.0)], now);
+    book.submit(
+        &trip_at("a", Timestamp(wall.millis() - 10), 0.0),
+        [],
+        now,
+        wall,
+    );
+    book.submit(&trip_at("b", wall, 1_500.0), [], now, wall);
+    fleet
+}
+
+#[test]
+fn greedy_falls_into_the_nearest_first_trap() {
+    let (now, wall) = (Instant::now(), Timestamp(1_000_000));
+    let mut book = book();
+    let fleet = the_trap(&mut book, now, wall);
+    let (effects, _) = book.step(&fleet, now, wall);
+    let mut made = offers(&effects);
+    made.sort();
+    assert_eq!(made, [("a", "x"), ("b", "y")]);
+}
+
+#[test]
+fn a_batch_waits_for_its_window_then_assigns_the_least_total_pickup() {
+    let window = Duration::from_millis(1_000);
+    let (now, wall) = (Instant::now(), Timestamp(1_000_000));
+    let mut book = batch_book(window);
+    let fleet = the_trap(&mut book, now, wall);
+
+    let (effects, next) = book.step(&fleet, now, wall);
+    assert!(offers(&effects).is_empty(), "the window collects first");
+    assert_eq!(next, now + window);
+
+    let (effects, _) = book.step(&fleet, now + window, wall.plus_ms(1_000));
+    let mut made = offers(&effects);
+    made.sort();
+    assert_eq!(made, [("a", "y"), ("b", "x")]);
+    for effect in &effects {
+        let Effect::Offer {
+            offer, first_after, ..
+        } = effect
+        else {
+            panic!("only offers: {effect:?}")
+        };
+        let batch = offer.batch.expect("a batched offer says so");
+        assert_eq!((batch.window_ms, batch.size), (1_000, 2));
+        let waited = first_after.expect("a first offer");
+        assert!(waited >= window && waited <= window + Duration::from_millis(10));
+        assert!((offer.pickup_eta_s - offer.pickup_distance_m * 1.3 / 7.0).abs() < 1e-6);
+    }
+    // `a` got its second-best: the log says so.
+    let a = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Offer { offer, .. } if offer.trip_id == "a" => Some(offer),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!((a.rank, a.candidates), (2, 2));
+}
+
+#[test]
+fn a_batch_keeps_offers_exclusive_and_exclusions() {
+    let window = Duration::from_millis(500);
+    let (now, wall) = (Instant::now(), Timestamp(1_000_000));
+    let mut book = batch_book(window);
+    let fleet = fleet(&[("near", 100.0), ("far", 900.0)], now);
+    book.submit(&trip("t", wall), ["near".to_string()], now, wall);
+    book.submit(&trip_at("u", wall, 50.0), [], now, wall);
+    let (effects, _) = book.step(&fleet, now, wall);
+    assert!(offers(&effects).is_empty());
+    let (effects, _) = book.step(&fleet, now + window, wall);
+    let mut made = offers(&effects);
+    made.sort();
+    assert_eq!(made, [("t", "far"), ("u", "near")]);
+    // Both drivers are reserved now: a new trip gets nothing until one is free.
+    book.submit(&trip_at("v", wall, 10.0), [], now + window, wall);
+    let (effects, _) = book.step(&fleet, now + window * 2, wall);
+    assert!(offers(&effects).is_empty());
+}
+
+/// A trip never waits more than one window past the moment a driver became free near it.
+#[test]
+fn a_waiting_trip_is_matched_within_one_window_of_a_driver_freeing_up() {
+    let window = Duration::from_millis(1_000);
+    let start = Instant::now();
+    let wall = Timestamp(1_000_000);
+    let mut book = batch_book(window);
+    let empty = fleet(&[], start);
+    book.submit(&trip("t", wall), [], start, wall);
+    let mut now = start;
+    // Nobody around for 2.3 s: windows close without an offer.
+    while now < start + Duration::from_millis(2_300) {
+        let (effects, next) = book.step(&empty, now, wall);
+        assert!(offers(&effects).is_empty());
+        assert!(next > now && next <= now + window, "{:?}", next - now);
+        now = next.min(start + Duration::from_millis(2_300));
+    }
+    let freed_at = now;
+    let fleet = fleet(&[("free", 300.0)], freed_at);
+    book.driver_available();
+    loop {
+        let (effects, next) = book.step(&fleet, now, wall);
+        if !offers(&effects).is_empty() {
+            assert_eq!(offers(&effects), [("t", "free")]);
+            break;
+        }
+        assert!(next > now);
+        now = next;
+    }
+    assert!(now - freed_at <= window, "waited {:?}", now - freed_at);
 }
