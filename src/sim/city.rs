@@ -67,9 +67,35 @@ pub struct City {
     /// signing a new passenger up, as a real city reuses its riders (and as the server's
     /// sign-up limit per address expects).
     free_passengers: std::sync::Mutex<Vec<String>>,
+    /// Drivers cruising without a trip or an offer, and where: whether a request found a
+    /// free driver in range when it was made (the report tells those apart from the ones
+    /// that had to wait for a driver to become free).
+    idle: std::sync::Mutex<std::collections::HashMap<usize, LatLng>>,
 }
 
+/// A request with a free driver this close (the widest default search radius) could be
+/// offered at once.
+pub const IN_RANGE_M: f64 = 10_000.0;
+
 impl City {
+    /// Driver `index` is free at `position` (`Some`), or busy (`None`).
+    pub fn set_idle(&self, index: usize, position: Option<LatLng>) {
+        let mut idle = self.idle.lock().unwrap();
+        match position {
+            Some(position) => idle.insert(index, position),
+            None => idle.remove(&index),
+        };
+    }
+
+    /// Whether some free driver is within [`IN_RANGE_M`] of `at`.
+    pub fn free_driver_near(&self, at: LatLng) -> bool {
+        self.idle
+            .lock()
+            .unwrap()
+            .values()
+            .any(|position| position.distance_m(&at) <= IN_RANGE_M)
+    }
+
     pub async fn new(config: SimConfig) -> anyhow::Result<City> {
         let mut servers = Vec::new();
         for base in config
@@ -135,6 +161,7 @@ impl City {
             hotspots,
             counters: Counters::default(),
             free_passengers: std::sync::Mutex::default(),
+            idle: std::sync::Mutex::default(),
             config,
         })
     }

@@ -66,7 +66,8 @@ impl Phase {
 }
 
 enum Reply {
-    Accept,
+    /// With the offer's pickup distance (m) and ETA (s), for the report.
+    Accept((f64, f64)),
     Decline,
 }
 
@@ -189,6 +190,8 @@ pub async fn drive(
                     last_move = now;
                     let arrived = advance(&mut position, &mut heading, &phase, elapsed, &centre, &mut rng);
                     phase = next_phase(&city, &mut server, &mut rng, &token, phase, arrived, now).await;
+                    let free = matches!(phase, Phase::Cruising) && pending_answer.is_none();
+                    city.set_idle(index, free.then_some(position));
                     let ping = DriverMessage::Location {
                         lat: position.lat(),
                         lng: position.lng(),
@@ -211,6 +214,7 @@ pub async fn drive(
                     let Ok(message) = serde_json::from_str::<ServerMessage>(&text) else { continue };
                     match message {
                         ServerMessage::Offer(offer) => {
+                            city.set_idle(index, None);
                             Counters::add(&counters.offers);
                             counters.timing(&offer.trip_id, None, Some(Instant::now()));
                             if let Some(journal) = &city.config.journal {
@@ -224,7 +228,8 @@ pub async fn drive(
                             let think = Duration::from_millis(rng.random_range(0..=city.config.think_time_ms));
                             let roll: f64 = rng.random_range(0.0..1.0);
                             if roll < city.config.accept_probability {
-                                pending_answer = Some((Instant::now() + think, offer.offer_id, Reply::Accept));
+                                let pickup = (offer.pickup_distance_m, offer.pickup_eta_s);
+                                pending_answer = Some((Instant::now() + think, offer.offer_id, Reply::Accept(pickup)));
                             } else if roll < city.config.accept_probability + city.config.decline_probability {
                                 pending_answer = Some((Instant::now() + think, offer.offer_id, Reply::Decline));
                             } else {
@@ -252,6 +257,7 @@ pub async fn drive(
             }
         }
         counters.connected.fetch_sub(1, Ordering::Relaxed);
+        city.set_idle(index, None);
         Counters::add(&counters.socket_drops);
         // The node may be gone: reconnect elsewhere, after a jittered pause.
         server = city.other_server(server, &mut rng);
@@ -274,7 +280,7 @@ async fn answer(
 ) -> Option<Phase> {
     let counters = &city.counters;
     match reply {
-        Reply::Accept => {
+        Reply::Accept((distance_m, eta_s)) => {
             let path = format!("/v1/offers/{offer_id}/accept");
             match city
                 .post::<_, Trip>(*server, &path, Some(token), None, &())
@@ -282,6 +288,7 @@ async fn answer(
             {
                 Answer::Done(trip) => {
                     Counters::add(&counters.accepted);
+                    counters.pickups.lock().unwrap().push((distance_m, eta_s));
                     city.acknowledged(&trip.id, trip.seq, "accepted");
                     Some(Phase::ToPickup {
                         trip_id: trip.id,

@@ -76,6 +76,7 @@ async fn ride_as(
     );
     let key = new_id("sim");
     let body = TripRequest { pickup, dropoff };
+    let free_driver = city.free_driver_near(pickup);
     let sent = Instant::now();
     // A lost answer is retried with the same Idempotency-Key, on another node if there is
     // one: never two rides.
@@ -106,7 +107,7 @@ async fn ride_as(
     let Some(trip_id) = trip_id else { return true };
     Counters::add(&counters.requested);
     city.acknowledged(&trip_id, 1, "requested");
-    counters.timing(&trip_id, Some(sent), None);
+    counters.timing(&trip_id, Some((sent, free_driver)), None);
     let cancel_at = (rng.random_range(0.0..1.0) < city.config.cancel_probability)
         .then(|| Instant::now() + city.scale(Duration::from_secs_f64(rng.random_range(3.0..40.0))));
     let mut last_seq = 0;

@@ -19,7 +19,28 @@ use crate::{ops::percentile, shutdown::Shutdown};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Percentiles {
     pub p50: Option<f64>,
+    pub p90: Option<f64>,
     pub p99: Option<f64>,
+    pub samples: usize,
+}
+
+impl Percentiles {
+    fn of(sorted: &[f64]) -> Percentiles {
+        Percentiles {
+            p50: percentile(sorted, 0.50),
+            p90: percentile(sorted, 0.90),
+            p99: percentile(sorted, 0.99),
+            samples: sorted.len(),
+        }
+    }
+}
+
+/// The pickups of accepted offers: how far, and how long, drivers had to go.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pickups {
+    pub mean_m: Option<f64>,
+    pub p90_m: Option<f64>,
+    pub mean_eta_s: Option<f64>,
     pub samples: usize,
 }
 
@@ -51,7 +72,17 @@ pub struct Summary {
     pub offers_ignored: u64,
     /// From sending a request to its first offer arriving on a driver's socket.
     pub offer_latency_ms: Percentiles,
+    /// The same, for requests made while a free driver was within 10 km (they could be
+    /// offered at once)...
+    pub offer_latency_free_ms: Percentiles,
+    /// ...and for those that had to wait for a driver to become free (rush hour).
+    pub offer_latency_waited_ms: Percentiles,
+    /// Over every offer received.
     pub pickup_distance_m: Mean,
+    /// Over accepted offers: the pickups that were driven.
+    pub pickups: Pickups,
+    /// Completed over requested.
+    pub completed_share: Option<f64>,
     pub connect_errors: u64,
     /// Drivers the server would not onboard.
     pub onboarding_failures: u64,
@@ -60,8 +91,9 @@ pub struct Summary {
     pub elapsed_s: f64,
 }
 
-/// When a trip's request was sent, and when its first offer arrived.
-type RequestTiming = (Option<Instant>, Option<Instant>);
+/// When a trip's request was sent (and whether a free driver was in range then), and
+/// when its first offer arrived.
+type RequestTiming = (Option<(Instant, bool)>, Option<Instant>);
 
 #[derive(Default)]
 pub struct Counters {
@@ -82,7 +114,11 @@ pub struct Counters {
     pub http_errors: AtomicU64,
     pub socket_drops: AtomicU64,
     pub pickup_m_sum: Mutex<(f64, u64)>,
-    latencies_ms: Mutex<Vec<f64>>,
+    /// Accepted offers' pickup distance (m) and ETA (s).
+    pub pickups: Mutex<Vec<(f64, f64)>>,
+    /// Request → first offer, for requests with (`.0`) and without (`.1`) a free driver in
+    /// range when made.
+    latencies_ms: Mutex<(Vec<f64>, Vec<f64>)>,
     /// Per trip: when its request was sent and when its first offer arrived; whichever
     /// is learnt second completes a latency sample.
     timing: Mutex<HashMap<String, RequestTiming>>,
@@ -99,9 +135,10 @@ impl Counters {
         counter.load(Ordering::Relaxed)
     }
 
-    pub fn timing(&self, trip_id: &str, sent: Option<Instant>, offered: Option<Instant>) {
+    /// `sent`: when the request was sent and whether a free driver was in range then.
+    pub fn timing(&self, trip_id: &str, sent: Option<(Instant, bool)>, offered: Option<Instant>) {
         let (kind, moment) = match (sent, offered) {
-            (Some(sent), _) => ("request", sent),
+            (Some((sent, _)), _) => ("request", sent),
             (None, Some(offered)) => ("offer", offered),
             (None, None) => return,
         };
@@ -122,14 +159,17 @@ impl Counters {
         if first_offer {
             entry.1 = offered;
         }
-        if let (Some(sent_at), Some(offered_at)) = *entry
+        if let (Some((sent_at, free)), Some(offered_at)) = *entry
             && (first_offer || sent.is_some())
         {
             let latency = offered_at.saturating_duration_since(sent_at);
-            self.latencies_ms
-                .lock()
-                .unwrap()
-                .push(latency.as_secs_f64() * 1_000.0);
+            let mut latencies = self.latencies_ms.lock().unwrap();
+            let split = if free {
+                &mut latencies.0
+            } else {
+                &mut latencies.1
+            };
+            split.push(latency.as_secs_f64() * 1_000.0);
         }
     }
 
@@ -141,10 +181,35 @@ impl Counters {
         file.flush()
     }
 
+    /// Every request → first offer latency, sorted.
     fn latencies(&self) -> Vec<f64> {
-        let mut values = self.latencies_ms.lock().unwrap().clone();
+        let (free, waited) = self.latencies_split();
+        let mut values = [free, waited].concat();
         values.sort_by(f64::total_cmp);
         values
+    }
+
+    /// Sorted latencies of requests with and without a free driver in range.
+    fn latencies_split(&self) -> (Vec<f64>, Vec<f64>) {
+        let (mut free, mut waited) = self.latencies_ms.lock().unwrap().clone();
+        free.sort_by(f64::total_cmp);
+        waited.sort_by(f64::total_cmp);
+        (free, waited)
+    }
+
+    fn pickups(&self) -> Pickups {
+        let pickups = self.pickups.lock().unwrap();
+        let n = pickups.len();
+        let mut distances: Vec<f64> = pickups.iter().map(|(m, _)| *m).collect();
+        distances.sort_by(f64::total_cmp);
+        let mean =
+            |values: &mut dyn Iterator<Item = f64>| (n > 0).then(|| values.sum::<f64>() / n as f64);
+        Pickups {
+            mean_m: mean(&mut distances.iter().copied()),
+            p90_m: percentile(&distances, 0.90),
+            mean_eta_s: mean(&mut pickups.iter().map(|(_, s)| *s)),
+            samples: n,
+        }
     }
 }
 
@@ -204,6 +269,7 @@ pub async fn progress(city: Arc<City>, mut stop: Shutdown) {
 pub fn summarize(city: &City, elapsed: Duration, pings_before: u64) -> Summary {
     let c = &city.counters;
     let latencies = c.latencies();
+    let (free, waited) = c.latencies_split();
     let (sum, count) = *c.pickup_m_sum.lock().unwrap();
     let requested = Counters::get(&c.requested);
     let completed = Counters::get(&c.completed);
@@ -224,15 +290,15 @@ pub fn summarize(city: &City, elapsed: Duration, pings_before: u64) -> Summary {
         offers_accepted: Counters::get(&c.accepted),
         offers_declined: Counters::get(&c.declined),
         offers_ignored: Counters::get(&c.ignored),
-        offer_latency_ms: Percentiles {
-            p50: percentile(&latencies, 0.50),
-            p99: percentile(&latencies, 0.99),
-            samples: latencies.len(),
-        },
+        offer_latency_ms: Percentiles::of(&latencies),
+        offer_latency_free_ms: Percentiles::of(&free),
+        offer_latency_waited_ms: Percentiles::of(&waited),
         pickup_distance_m: Mean {
             mean: (count > 0).then(|| sum / count as f64),
             samples: count,
         },
+        pickups: c.pickups(),
+        completed_share: (requested > 0).then(|| completed as f64 / requested as f64),
         connect_errors: Counters::get(&c.connect_errors),
         onboarding_failures: Counters::get(&c.onboarding_failures),
         http_errors: Counters::get(&c.http_errors),
@@ -270,10 +336,46 @@ impl Summary {
             ("request → offer p50", ms(self.offer_latency_ms.p50)),
             ("request → offer p99", ms(self.offer_latency_ms.p99)),
             (
-                "mean pickup distance",
+                "  with a free driver in range: p50 / p99",
+                format!(
+                    "{} / {} ({} requests)",
+                    ms(self.offer_latency_free_ms.p50),
+                    ms(self.offer_latency_free_ms.p99),
+                    self.offer_latency_free_ms.samples
+                ),
+            ),
+            (
+                "  waiting for a free driver: p50 / p99",
+                format!(
+                    "{} / {} ({} requests)",
+                    ms(self.offer_latency_waited_ms.p50),
+                    ms(self.offer_latency_waited_ms.p99),
+                    self.offer_latency_waited_ms.samples
+                ),
+            ),
+            (
+                "mean pickup distance (offers)",
                 self.pickup_distance_m
                     .mean
                     .map_or("-".into(), |m| format!("{m:.0} m")),
+            ),
+            (
+                "accepted pickups: mean / p90 / mean ETA",
+                match (
+                    self.pickups.mean_m,
+                    self.pickups.p90_m,
+                    self.pickups.mean_eta_s,
+                ) {
+                    (Some(mean), Some(p90), Some(eta)) => {
+                        format!("{mean:.0} m / {p90:.0} m / {eta:.0} s")
+                    }
+                    _ => "-".into(),
+                },
+            ),
+            (
+                "completed share",
+                self.completed_share
+                    .map_or("-".into(), |s| format!("{:.1} %", s * 100.0)),
             ),
             (
                 "errors: connect / http / socket drops",
@@ -300,11 +402,12 @@ mod tests {
     fn offer_latency_counts_the_first_offer_in_either_order() {
         let counters = Counters::default();
         let t0 = Instant::now();
-        counters.timing("a", Some(t0), None);
+        counters.timing("a", Some((t0, true)), None);
         counters.timing("a", None, Some(t0 + Duration::from_millis(30)));
         counters.timing("a", None, Some(t0 + Duration::from_millis(90))); // a second offer
         counters.timing("b", None, Some(t0 + Duration::from_millis(5))); // offer before answer
-        counters.timing("b", Some(t0), None);
+        counters.timing("b", Some((t0, false)), None);
         assert_eq!(counters.latencies(), vec![5.0, 30.0]);
+        assert_eq!(counters.latencies_split(), (vec![30.0], vec![5.0]));
     }
 }
