@@ -54,6 +54,12 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "operators",
         include_str!("../../migrations/0003_operators.sql"),
     ),
+    (
+        4,
+        "oversight",
+        include_str!("../../migrations/0004_oversight.sql"),
+    ),
+    (5, "batch", include_str!("../../migrations/0005_batch.sql")),
 ];
 
 /// How often a transaction that lost a race or hit a serialization failure is tried again.
@@ -416,4 +422,24 @@ async fn backoff(attempt: u32) {
     let base_ms = 2u64 << attempt.min(6);
     let jitter_ms = rand::rng().random_range(0..=base_ms);
     tokio::time::sleep(Duration::from_millis(base_ms + jitter_ms)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    /// A migration file not in [`super::MIGRATIONS`] would never run (it happened).
+    #[test]
+    fn every_migration_file_is_embedded_in_order() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let embedded: Vec<String> = super::MIGRATIONS
+            .iter()
+            .map(|(version, name, _)| format!("{version:04}_{name}.sql"))
+            .collect();
+        assert_eq!(embedded, files);
+    }
 }

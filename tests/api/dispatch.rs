@@ -649,7 +649,47 @@ async fn a_driver_sees_no_other_drivers_id(backend: Backend) {
     assert_eq!(all[1].trip.driver_id.as_deref(), Some(first.id.as_str()));
 }
 
+/// Batched matching through the real contract: two requests in one window, two drivers;
+/// nearest-first would send the second driver 2.4 km, the batch sends each under 1 km.
+/// The offers are ordinary offers (exclusive, answered the same way) that say their batch
+/// in the audit log.
+async fn batched_matching_assigns_a_window_together(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
+        c.dispatch.matching = hail::config::Matching::Batch;
+        // Long enough that both requests land in one window on a busy machine.
+        c.dispatch.batch_window_ms = 2_000;
+    })
+    .await;
+    let (x, mut x_ws) = server.online_driver(near_gangnam(700.0)).await;
+    let (y, mut y_ws) = server.online_driver(near_gangnam(-900.0)).await;
+    let (first, second) = (server.passenger().await, server.passenger().await);
+    let a = server.request_trip(&first, gangnam(), city_hall()).await;
+    let b = server
+        .request_trip(&second, near_gangnam(1_500.0), city_hall())
+        .await;
+    let (to_x, to_y) = (x_ws.offer().await, y_ws.offer().await);
+    assert_eq!(
+        (to_x.trip_id.as_str(), to_y.trip_id.as_str()),
+        (b.id.as_str(), a.id.as_str())
+    );
+    assert!(to_x.pickup_distance_m < 1_000.0 && to_y.pickup_distance_m < 1_000.0);
+
+    let lines = server.snapshot().await.offers;
+    for offer in [&to_x, &to_y] {
+        let line = lines
+            .iter()
+            .find(|line| line.offer_id == offer.offer_id)
+            .expect("in the audit log");
+        let batch = line.batch.expect("says it came from a batch");
+        assert_eq!((batch.window_ms, batch.size), (2_000, 2));
+    }
+    let _: Trip = server.answer(&x, &to_x, "accept").await.ok();
+    let _: Trip = server.answer(&y, &to_y, "accept").await.ok();
+    assert_eq!(server.trip(&a.id, &first.token).await.driver_id, Some(y.id));
+}
+
 crate::on_both_stores!(
+    batched_matching_assigns_a_window_together,
     happy_path_from_request_to_fare,
     a_forged_odometer_cannot_charge_a_fortune,
     a_driver_sees_no_other_drivers_id,
