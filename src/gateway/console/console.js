@@ -1031,12 +1031,12 @@
   const basemap = { state: 'idle', features: [], districts: [], attribution: '' };
   const KIND_ORDER = ['land', 'district', 'park', 'water', 'coast', 'river', 'road'];
   const KIND_STYLE = {
-    land: { fill: '#f3f1ec' },
+    land: { fill: '#f8f7f3', stroke: 'rgba(150,140,125,0.55)', width: 1.2 },
     district: { fill: 'rgba(255,255,255,0.35)', stroke: 'rgba(125,118,104,0.55)', width: 1, dash: [4, 3] },
     park: { fill: 'rgba(168,201,150,0.45)' },
     water: { fill: '#b9d3e6', stroke: '#9fc1da', width: 1 },
     coast: { fill: '#c6dbea', stroke: '#8fb3cf', width: 1.5 },
-    river: { fill: '#b9d3e6', stroke: '#9fc1da', width: 3 },
+    river: { fill: '#b9d3e6', stroke: '#a9c9e2', width: 3 },
     road: { stroke: 'rgba(255,255,255,0.95)', casing: 'rgba(190,182,168,0.9)', width: 2 },
     other: { stroke: 'rgba(140,132,118,0.6)', width: 1 },
   };
@@ -1067,6 +1067,7 @@
     if (!geometry || !Array.isArray(geometry.coordinates)) return null;
     const kind = String(feature.properties?.kind ?? 'other');
     const name = feature.properties?.name ?? feature.properties?.name_en ?? null;
+    const label = feature.properties?.label;
     let rings;
     let area;
     switch (geometry.type) {
@@ -1086,7 +1087,9 @@
     };
     // Polygons as GeoJSON lists them: outer ring, then holes. Even-odd filling draws both.
     const outer = area ? (geometry.type === 'Polygon' ? [geometry.coordinates[0]] : geometry.coordinates.map((p) => p[0])) : [];
-    return { kind, name, area, rings: projected, box, outer: outer.filter(Array.isArray).map(projectRing), labelAt: null, stats: null };
+    // The file's own label point (inside the district) beats a computed centroid.
+    const labelAt = Array.isArray(label) && isNumber(label[0]) && isNumber(label[1]) ? project(label[1], label[0]) : null;
+    return { kind, name, area, rings: projected, box, outer: outer.filter(Array.isArray).map(projectRing), labelAt, stats: null };
   }
 
   async function loadBasemap() {
@@ -1112,7 +1115,7 @@
     features.sort((a, b) => rank(a.kind) - rank(b.kind));
     basemap.features = features;
     basemap.districts = features.filter((f) => f.kind === 'district' && f.area);
-    for (const district of basemap.districts) district.labelAt = labelPoint(district);
+    for (const district of basemap.districts) district.labelAt = district.labelAt ?? labelPoint(district);
     basemap.attribution = typeof collection.attribution === 'string' ? collection.attribution : '';
     basemap.state = 'ready';
     canvas.dataset.basemap = 'ready';
@@ -1164,10 +1167,14 @@
     // Over raster tiles the basemap keeps only its lines: the tiles have the colours.
     context.globalAlpha = tiled ? 0.5 : 1;
     const roadWidth = Math.max(0.6, Math.min(5, (view.zoom - 9) * 0.9));
+    // The Han is about 1 km wide: drawn to scale, at least 3 px.
+    const centre = unproject(view.cx, view.cy);
+    const metresPerPixel = (Math.cos((centre.lat * Math.PI) / 180) * EQUATOR_M) / scale;
+    const riverWidth = Math.max(3, Math.min(60, 900 / metresPerPixel));
     let kind = null;
     let batch = [];
     const flush = () => {
-      if (batch.length) drawKind(kind, batch, scale, offsetX, offsetY, tiled, roadWidth);
+      if (batch.length) drawKind(kind, batch, scale, offsetX, offsetY, tiled, { road: roadWidth, river: riverWidth });
       batch = [];
     };
     for (const feature of basemap.features) {
@@ -1185,7 +1192,7 @@
 
   /// One kind in as few canvas calls as its style allows: one path for its areas, one
   /// for its lines.
-  function drawKind(kind, features, scale, offsetX, offsetY, tiled, roadWidth) {
+  function drawKind(kind, features, scale, offsetX, offsetY, tiled, widths) {
     const style = KIND_STYLE[kind] ?? KIND_STYLE.other;
     const areas = features.filter((f) => f.area);
     const lines = features.filter((f) => !f.area);
@@ -1209,7 +1216,7 @@
       for (const feature of lines) traceRings(feature, scale, offsetX, offsetY, false);
       context.lineJoin = 'round';
       context.lineCap = 'round';
-      const width = kind === 'road' ? roadWidth : kind === 'river' ? Math.max(2, roadWidth * 1.6) : style.width ?? 1;
+      const width = widths[kind] ?? style.width ?? 1;
       if (style.casing) {
         context.strokeStyle = style.casing;
         context.lineWidth = width + 1.5;
@@ -1555,6 +1562,12 @@
     return `${Math.floor(ms / 3_600_000)} h ${Math.floor((ms % 3_600_000) / 60_000)} min`;
   }
 
+  /// A duration for a narrow column: "42 s", "3 min".
+  function shortDuration(value) {
+    if (!isNumber(value)) return '—';
+    return value < 90 ? `${Math.round(value)} s` : `${Math.round(value / 60)} min`;
+  }
+
   function money(value) {
     if (!value || !isNumber(value.amount)) return '—';
     try {
@@ -1796,7 +1809,7 @@
         : `${label}${decided}`,
     })]);
     const rank = isNumber(offer.rank) ? `${offer.rank} of ${offer.candidates ?? '?'}` : '—';
-    const pickup = `${metres(offer.pickup_distance_m)} · ${seconds(offer.pickup_eta_s)}`;
+    const pickup = `${metres(offer.pickup_distance_m)} · ${shortDuration(offer.pickup_eta_s)}`;
     const row = element('tr', { data: { offerId: offer.offer_id ?? '', outcome: offer.outcome ?? '' } }, [
       cell(clock(offer.at)),
       outcome,
@@ -2116,7 +2129,7 @@
     const count = alerts.list.length;
     document.title = count ? `(${count}) ${TITLE}` : TITLE;
     $('alerts-count').textContent = integer.format(count);
-    $('alerts-panel').dataset.count = String(count);
+    $('alerts-panel').dataset.alerts = String(count);
     const shown = alerts.list.slice(0, ALERTS_SHOWN_MAX);
     const kept = new Set(shown.map((alert) => alert.tripId));
     for (const [id, row] of alertRows) {
