@@ -2867,8 +2867,8 @@
     search.first = null;
   }
 
-  function searchItem(children, open) {
-    const button = element('button', { type: 'button' }, children);
+  function searchItem(id, children, open) {
+    const button = element('button', { type: 'button', data: { id } }, children);
     button.addEventListener('click', () => {
       $('search-results').hidden = true;
       open();
@@ -2888,7 +2888,7 @@
         const open = () => select('driver', driver.id);
         opens.push(open);
         const state = driver.online?.state ?? 'not online';
-        return searchItem([
+        return searchItem(driver.id, [
           element('span', { className: 'mono', text: driver.id }),
           element('span', { text: [driver.name, driver.plate].filter(Boolean).join(' · ') }),
           element('span', { className: 'muted small', text: words(state) }),
@@ -2899,7 +2899,7 @@
       sections.push(element('h3', { text: 'Trips' }), element('ul', {}, trips.map((trip) => {
         const open = () => select('trip', trip.id);
         opens.push(open);
-        return searchItem([
+        return searchItem(trip.id, [
           element('span', { className: `badge ${trip.state}`, text: words(trip.state) }),
           element('span', { className: 'mono', text: trip.id }),
         ], open);
@@ -2909,7 +2909,7 @@
       sections.push(element('h3', { text: 'Passengers' }), element('ul', {}, passengers.map((passenger) => {
         const open = () => openPassenger(passenger.id);
         opens.push(open);
-        return searchItem([
+        return searchItem(passenger.id, [
           element('span', { className: 'mono', text: passenger.id }),
           element('span', { text: passenger.name ?? '' }),
         ], open);
