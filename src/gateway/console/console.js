@@ -1032,7 +1032,7 @@
   const KIND_ORDER = ['land', 'district', 'park', 'water', 'coast', 'river', 'road'];
   const KIND_STYLE = {
     land: { fill: '#f8f7f3', stroke: 'rgba(150,140,125,0.55)', width: 1.2 },
-    district: { fill: 'rgba(255,255,255,0.35)', stroke: 'rgba(125,118,104,0.55)', width: 1, dash: [4, 3] },
+    district: { fill: 'rgba(255,255,255,0.35)', stroke: 'rgba(120,112,98,0.7)', width: 1.2, dash: [5, 3] },
     park: { fill: 'rgba(168,201,150,0.45)' },
     water: { fill: '#b9d3e6', stroke: '#9fc1da', width: 1 },
     coast: { fill: '#c6dbea', stroke: '#8fb3cf', width: 1.5 },
