@@ -176,6 +176,12 @@ pub struct DispatchConfig {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub offline_after_ms: u64,
 
+    /// A trip's driver with no socket and no ping for this long is lost: before pickup
+    /// the trip is dispatched again, after pickup it is flagged for operators.
+    #[arg(long, env = "HAIL_DRIVER_LOST_AFTER_MS", default_value_t = 90_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub driver_lost_after_ms: u64,
+
     /// How often a trip without candidates is searched again.
     #[arg(long, env = "HAIL_DISPATCH_RETRY_MS", default_value_t = 1_000,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -320,6 +326,7 @@ mod tests {
         );
         assert_eq!(config.dispatch.stale_after_ms, 30_000);
         assert_eq!(config.dispatch.offline_after_ms, 60_000);
+        assert_eq!(config.dispatch.driver_lost_after_ms, 90_000);
         assert_eq!(config.tariff.fare_currency, "KRW");
         assert!(config.validate().is_ok());
     }

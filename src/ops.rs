@@ -2,18 +2,27 @@
 //! the figures at a glance ([`Tally`], fed by every committed event and offer this node
 //! hears of — in a cluster, every node's), the snapshot, and the cluster view.
 
-use std::{collections::VecDeque, sync::Mutex};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Mutex,
+};
 
 use tokio::time::Instant;
 
 use crate::{
-    fleet::Fleet,
+    config::DispatchConfig,
+    dispatch::rank::{Eta, StraightLineEta},
+    error::ApiError,
     protocol::{
-        operators::{Figures, Minute, OfferLog, OfferOutcome, Snapshot},
+        operators::{
+            CandidateView, Candidates, DriverCard, Figures, Minute, OfferLog, OfferOutcome,
+            PassengerCard, Policy, SearchResults, Snapshot, TripFlag,
+        },
         rest::{ClusterView, NodeView},
     },
-    store::{SNAPSHOT_TERMINAL_TRIPS, Store, StoreError},
-    trip::{EventKind, Timestamp, TripEvent, TripState},
+    rides::Rides,
+    store::{AccountRecord, SEARCH_LIMIT, SNAPSHOT_TERMINAL_TRIPS, Store, StoreError},
+    trip::{EventKind, Role, Timestamp, TripEvent, TripState},
 };
 
 /// Offers shown in the audit log on connect.
@@ -24,6 +33,10 @@ const TREND_MINUTES: usize = 30;
 const GLANCE_MINUTES: i64 = 15;
 /// A node not seen for this long is listed, but not counted as serving.
 pub const NODE_SEEN_WITHIN_MS: i64 = 10_000;
+/// Drivers listed for a manual assignment, at most, and how far they may be: a city's
+/// breadth, farther than dispatch ever searches, for the trips nobody near can take.
+const CANDIDATES: usize = 20;
+const CANDIDATES_WITHIN_M: f64 = 50_000.0;
 
 /// Counts trips and offers per minute for the console's figures.
 #[derive(Default)]
@@ -60,17 +73,24 @@ impl Tally {
     }
 
     pub fn event(&self, event: &TripEvent) {
-        self.with_minute(event.at, |minute, waits| match event.event {
+        self.count(event.event, event.at, event.trip.requested_at);
+    }
+
+    fn count(&self, event: EventKind, at: Timestamp, requested_at: Timestamp) {
+        self.with_minute(at, |minute, waits| match event {
             EventKind::Requested => minute.requested += 1,
             EventKind::Accepted => {
                 minute.accepted += 1;
-                let waited_ms = event.at.millis() - event.trip.requested_at.millis();
+                let waited_ms = at.millis() - requested_at.millis();
                 waits.push(waited_ms.max(0) as f64 / 1_000.0);
             }
             EventKind::Completed => minute.completed += 1,
             EventKind::Cancelled => minute.cancelled += 1,
             EventKind::Expired => minute.expired += 1,
-            EventKind::Arrived | EventKind::Started | EventKind::DriverCancelled => {}
+            EventKind::Arrived
+            | EventKind::Started
+            | EventKind::DriverCancelled
+            | EventKind::DriverLost => {}
         });
     }
 
@@ -82,6 +102,20 @@ impl Tally {
             OfferOutcome::Expired => minute.offers_lapsed += 1,
             OfferOutcome::Withdrawn => {}
         });
+    }
+
+    /// Counts the last [`TREND_MINUTES`] from the store, so the figures do not start from
+    /// zero when a node (re)starts. Call before anything else is counted.
+    pub async fn restore(&self, store: &Store, now: Timestamp) -> Result<(), StoreError> {
+        let this_minute = now.millis() - now.millis().rem_euclid(60_000);
+        let since = Timestamp(this_minute - (TREND_MINUTES as i64 - 1) * 60_000);
+        for past in store.events_since(since).await? {
+            self.count(past.event, past.at, past.requested_at);
+        }
+        for line in store.offer_lines_since(since).await? {
+            self.offer(&line);
+        }
+        Ok(())
     }
 
     pub fn figures(&self, now: Timestamp) -> Figures {
@@ -123,8 +157,10 @@ pub fn percentile(sorted: &[f64], quantile: f64) -> Option<f64> {
 }
 
 /// Everything an operator sees at once: every online driver, every open trip and the
-/// most recent finished ones, the figures and the latest offers.
-pub async fn snapshot(store: &Store, fleet: &Fleet, tally: &Tally) -> Result<Snapshot, StoreError> {
+/// most recent finished ones, the figures, the latest offers, the rides that need a
+/// person, and the policy behind the countdowns.
+pub async fn snapshot(rides: &Rides) -> Result<Snapshot, StoreError> {
+    let (store, fleet, tally) = (&rides.store, &*rides.fleet, &rides.tally);
     let open = [
         TripState::Requested,
         TripState::Accepted,
@@ -144,12 +180,138 @@ pub async fn snapshot(store: &Store, fleet: &Fleet, tally: &Tally) -> Result<Sna
     let mut stats = fleet.stats(now);
     stats.trips_requested = trips_requested;
     stats.trips_active = trips_active;
+    let flags = store
+        .lost_rides()
+        .await?
+        .into_iter()
+        .map(|ride| TripFlag {
+            trip_id: ride.trip_id,
+            flag: EventKind::DriverLost.as_str().to_string(),
+            at: ride.at,
+            reason: ride.reason,
+        })
+        .collect();
     Ok(Snapshot {
         drivers,
         trips,
         stats,
         figures: tally.figures(Timestamp::now()),
         offers,
+        flags,
+        policy: policy(&rides.config),
+    })
+}
+
+fn policy(config: &DispatchConfig) -> Policy {
+    Policy {
+        offer_timeout_ms: config.offer_timeout_ms,
+        dispatch_deadline_ms: config.dispatch_deadline_ms,
+        search_radii_m: config.search_radius_m.clone(),
+        stale_after_ms: config.stale_after_ms,
+        driver_lost_after_ms: config.driver_lost_after_ms,
+        detour_factor: config.detour_factor,
+        urban_speed_mps: config.urban_speed_mps,
+    }
+}
+
+/// A driver's account, where it is, and its active trip.
+pub async fn driver_card(rides: &Rides, driver_id: &str) -> Result<DriverCard, ApiError> {
+    match rides.store.account(driver_id).await? {
+        Some(account) if account.role == Role::Driver => card_of(rides, account).await,
+        _ => Err(ApiError::not_found("driver")),
+    }
+}
+
+async fn card_of(rides: &Rides, account: AccountRecord) -> Result<DriverCard, ApiError> {
+    let trip = rides.store.active_trip_of_driver(&account.id).await?;
+    Ok(DriverCard {
+        online: rides.fleet.view(&account.id, Instant::now()),
+        id: account.id,
+        name: account.name,
+        plate: account.plate,
+        trip,
+    })
+}
+
+/// Trips, drivers and passengers matching `text`: ids exactly or by prefix, names and
+/// plates as substrings. A matched account's latest trip comes with it.
+pub async fn search(rides: &Rides, text: &str) -> Result<SearchResults, ApiError> {
+    let mut trips = rides.store.find_trips(text).await?;
+    let mut drivers = Vec::new();
+    let mut passengers = Vec::new();
+    for account in rides.store.find_accounts(text).await? {
+        if let Some(trip) = rides.store.latest_trip_of(&account.id).await?
+            && trips.len() < SEARCH_LIMIT as usize
+            && !trips.iter().any(|known| known.id == trip.id)
+        {
+            trips.push(trip);
+        }
+        match account.role {
+            Role::Driver if drivers.len() < SEARCH_LIMIT as usize => {
+                drivers.push(card_of(rides, account).await?)
+            }
+            Role::Passenger if passengers.len() < SEARCH_LIMIT as usize => {
+                passengers.push(PassengerCard {
+                    id: account.id,
+                    name: account.name,
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(SearchResults {
+        trips,
+        drivers,
+        passengers,
+    })
+}
+
+/// Drivers an operator could assign the trip to, nearest pickup ETA first, marked when
+/// dispatch will not offer them this trip again.
+pub async fn candidates(rides: &Rides, trip_id: &str) -> Result<Candidates, ApiError> {
+    let trip = rides
+        .store
+        .trip(trip_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("trip"))?;
+    let excluded: HashMap<String, String> = rides
+        .store
+        .exclusion_reasons(trip_id)
+        .await?
+        .into_iter()
+        .collect();
+    let eta = StraightLineEta {
+        detour_factor: rides.config.detour_factor,
+        speed_mps: rides.config.urban_speed_mps,
+    };
+    let now = Instant::now();
+    let nearest =
+        rides
+            .fleet
+            .nearest_available(trip.pickup, CANDIDATES_WITHIN_M, CANDIDATES, now, |_| false);
+    let mut candidates = Vec::with_capacity(nearest.len());
+    for candidate in nearest {
+        let Some(view) = rides.fleet.view(&candidate.driver_id, now) else {
+            continue;
+        };
+        let account = rides.store.account(&candidate.driver_id).await?;
+        candidates.push(CandidateView {
+            driver_id: candidate.driver_id.to_string(),
+            name: account.as_ref().map(|a| a.name.clone()).unwrap_or_default(),
+            plate: account.and_then(|a| a.plate),
+            state: view.state,
+            position: candidate.position,
+            distance_m: candidate.distance_m.round(),
+            eta_s: eta
+                .pickup_eta_s(candidate.position, trip.pickup, candidate.distance_m)
+                .round(),
+            excluded: excluded.get(candidate.driver_id.as_ref()).cloned(),
+        });
+    }
+    candidates.sort_by(|a, b| a.eta_s.total_cmp(&b.eta_s));
+    Ok(Candidates {
+        trip_id: trip.id,
+        candidates,
     })
 }
 

@@ -23,6 +23,7 @@ use crate::{
     rides::Rides,
     shutdown::{self, Shutdown, Trigger},
     store::Store,
+    trip::Timestamp,
 };
 
 /// How often drivers past their grace period are swept and silent nodes forgotten.
@@ -122,6 +123,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<Server> {
     };
     let single = bus_inbox.is_none();
     let (rides, dispatch) = assemble(&config, store.clone(), bus, metrics.clone());
+    // The operators' figures continue where the store says, not from zero.
+    if let Err(error) = rides.tally.restore(&store, Timestamp::now()).await {
+        tracing::warn!(%error, "could not read the recent figures back; they start from zero");
+    }
 
     let (leadership, following) = watch::channel(None);
     let mut tasks = vec![

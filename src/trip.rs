@@ -8,6 +8,15 @@
 //!     ├──cancelled──► cancelled     (passenger or operator; also from accepted/arrived)
 //!     └──expired────► expired       (no driver accepted before the dispatch deadline)
 //! ```
+//!
+//! Two more ways out, for trips whose driver vanished (DESIGN §2):
+//!
+//! - `driver_lost`: the driver had no socket and no ping for `HAIL_DRIVER_LOST_AFTER_MS`.
+//!   Before pickup the trip goes back to `requested` (like `driver_cancelled`, by hail
+//!   itself); after pickup it stays `in_progress` — the event is a flag for operators,
+//!   since nobody else can know where the passenger is.
+//! - An operator may cancel a trip in any active state, `in_progress` included, or
+//!   complete an `in_progress` one at its estimate: the resolution of a stuck ride.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -83,10 +92,13 @@ pub enum EventKind {
     Cancelled,
     DriverCancelled,
     Expired,
+    /// The driver vanished: before pickup the trip is dispatched again; after pickup the
+    /// trip stays `in_progress`, flagged for operators.
+    DriverLost,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::Requested,
         EventKind::Accepted,
         EventKind::Arrived,
@@ -95,6 +107,7 @@ impl EventKind {
         EventKind::Cancelled,
         EventKind::DriverCancelled,
         EventKind::Expired,
+        EventKind::DriverLost,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -107,6 +120,7 @@ impl EventKind {
             EventKind::Cancelled => "cancelled",
             EventKind::DriverCancelled => "driver_cancelled",
             EventKind::Expired => "expired",
+            EventKind::DriverLost => "driver_lost",
         }
     }
 
@@ -302,11 +316,15 @@ pub enum Change {
     Complete {
         fare: Money,
     },
-    /// Passenger or operator cancels.
+    /// Passenger or operator cancels, before pickup.
     Cancel,
+    /// An operator ends a trip in any active state, after pickup included.
+    Void,
     /// The assigned driver gives the trip back before pickup.
     DriverCancel,
     Expire,
+    /// hail noticed the driver is gone (see the module's doc).
+    DriverLost,
 }
 
 impl Change {
@@ -316,7 +334,8 @@ impl Change {
             Change::Arrive => EventKind::Arrived,
             Change::Start => EventKind::Started,
             Change::Complete { .. } => EventKind::Completed,
-            Change::Cancel => EventKind::Cancelled,
+            Change::Cancel | Change::Void => EventKind::Cancelled,
+            Change::DriverLost => EventKind::DriverLost,
             Change::DriverCancel => EventKind::DriverCancelled,
             Change::Expire => EventKind::Expired,
         }
@@ -351,11 +370,14 @@ impl Trip {
                 next.state = Completed;
                 next.fare = Some(fare.clone());
             }
-            (Requested | Accepted | Arrived, Change::Cancel) => next.state = Cancelled,
-            (Accepted | Arrived, Change::DriverCancel) => {
+            (Requested | Accepted | Arrived, Change::Cancel)
+            | (Requested | Accepted | Arrived | InProgress, Change::Void) => next.state = Cancelled,
+            (Accepted | Arrived, Change::DriverCancel | Change::DriverLost) => {
                 next.state = Requested;
                 next.driver_id = None;
             }
+            // A flag: the ride goes on as far as anyone can tell.
+            (InProgress, Change::DriverLost) => {}
             (Requested, Change::Expire) => next.state = Expired,
             _ => return Err(invalid()),
         }
@@ -469,6 +491,41 @@ mod tests {
     }
 
     #[test]
+    fn an_operator_can_end_any_active_trip() {
+        for state in TripState::ALL {
+            let mut t = trip();
+            t.state = state;
+            if state.has_driver() {
+                t.driver_id = Some("drv_1".into());
+            }
+            let voided = t.apply(&Change::Void, Timestamp(1));
+            assert_eq!(voided.is_ok(), !state.is_terminal(), "{state:?}");
+            if let Ok(voided) = voided {
+                assert_eq!(voided.state, TripState::Cancelled);
+            }
+        }
+    }
+
+    #[test]
+    fn a_lost_driver_gives_the_trip_back_before_pickup_and_flags_it_after() {
+        let t = run(&[accept(), Change::Arrive, Change::DriverLost]).unwrap();
+        assert_eq!(
+            (t.state, t.driver_id.as_deref(), t.seq),
+            (TripState::Requested, None, 4)
+        );
+        let t = run(&[accept(), Change::Arrive, Change::Start, Change::DriverLost]).unwrap();
+        assert_eq!(
+            (t.state, t.driver_id.as_deref(), t.seq),
+            (TripState::InProgress, Some("drv_1"), 5)
+        );
+        // The ride can still end normally if the driver comes back.
+        assert_eq!(
+            t.apply(&complete(), Timestamp(9)).unwrap().state,
+            TripState::Completed
+        );
+    }
+
+    #[test]
     fn every_pair_outside_the_diagram_is_rejected() {
         use TripState::*;
         let allowed = [
@@ -482,6 +539,9 @@ mod tests {
             (Arrived, EventKind::Cancelled),
             (Arrived, EventKind::DriverCancelled),
             (InProgress, EventKind::Completed),
+            (Accepted, EventKind::DriverLost),
+            (Arrived, EventKind::DriverLost),
+            (InProgress, EventKind::DriverLost),
         ];
         let changes = [
             accept(),
@@ -491,6 +551,7 @@ mod tests {
             Change::Cancel,
             Change::DriverCancel,
             Change::Expire,
+            Change::DriverLost,
         ];
         for state in TripState::ALL {
             let mut t = trip();

@@ -17,6 +17,7 @@
 //! of them like everyone else.
 
 pub mod book;
+mod lost;
 pub mod rank;
 
 use std::{
@@ -159,6 +160,11 @@ pub struct DispatchLoop {
     /// The epoch a write was fenced off at: never lead under it again.
     fenced_epoch: Option<i64>,
     reloaded_at: Option<Instant>,
+    /// `HAIL_DRIVER_LOST_AFTER_MS`.
+    lost_after: Duration,
+    lost_checked_at: Option<Instant>,
+    /// Trips whose driver had no live socket at the last check, and since when.
+    missing_drivers: std::collections::HashMap<String, Instant>,
 }
 
 impl DispatchLoop {
@@ -200,6 +206,9 @@ impl DispatchLoop {
             fence: None,
             fenced_epoch: None,
             reloaded_at: None,
+            lost_after: Duration::from_millis(config.driver_lost_after_ms),
+            lost_checked_at: None,
+            missing_drivers: Default::default(),
         }
     }
 
@@ -217,6 +226,8 @@ impl DispatchLoop {
         self.fence = Some(fence);
         self.handle.leading.store(true, Ordering::Relaxed);
         self.book.clear();
+        self.missing_drivers.clear();
+        self.lost_checked_at = None;
         self.reload(now).await
     }
 
@@ -297,8 +308,20 @@ impl DispatchLoop {
         self.handle
             .pending
             .store(self.book.pending_trips(), Ordering::Relaxed);
+        match self.check_lost_drivers(&fence, now).await {
+            Ok(()) => {}
+            Err(StoreError::Fenced) => {
+                self.fenced_epoch = Some(fence.epoch);
+                self.stand_down();
+                return now + Duration::from_secs(60);
+            }
+            Err(error) => tracing::warn!(%error, "could not look for lost drivers; will retry"),
+        }
         if let Some(at) = self.reloaded_at {
             next = next.min(at + RELOAD_EVERY);
+        }
+        if let Some(at) = self.lost_checked_at {
+            next = next.min(at + lost::check_every(self.lost_after));
         }
         next
     }

@@ -155,6 +155,11 @@ impl Fleet {
             .nearest_available(pickup, radius_m, k, now, exclude)
     }
 
+    /// Whether the driver has a live socket, and when it was last heard from.
+    pub fn contact(&self, driver_id: &str) -> Option<(bool, Instant)> {
+        self.lock().index.contact(driver_id)
+    }
+
     pub fn view(&self, driver_id: &str, now: Instant) -> Option<DriverView> {
         self.lock().index.view(driver_id, now)
     }

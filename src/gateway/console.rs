@@ -18,6 +18,8 @@ pub async fn console(uri: Uri) -> Response {
             "text/css; charset=utf-8",
             include_str!("console/console.css"),
         ),
+        // The offline basemap (console/BASEMAP.md says where it comes from).
+        "/basemap.json" => ("application/json", include_str!("console/basemap.json")),
         _ => (
             "text/html; charset=utf-8",
             include_str!("console/index.html"),

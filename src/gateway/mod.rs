@@ -73,6 +73,9 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .route("/v1/offers/{id}/decline", post(rest::decline_offer))
         .route("/v1/ops/snapshot", get(rest::snapshot))
         .route("/v1/ops/cluster", get(rest::cluster))
+        .route("/v1/ops/search", get(rest::search))
+        .route("/v1/ops/drivers/{id}", get(rest::driver_card))
+        .route("/v1/ops/trips/{id}/candidates", get(rest::candidates))
         .route("/v1/ops/tickets", post(rest::ticket))
         .route("/v1/ops/ws", get(ops_stream::ops_socket))
         .route("/v1/driver/ws", get(driver_socket::driver_socket))
@@ -83,6 +86,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .route("/", get(console::console))
         .route("/console.js", get(console::console))
         .route("/console.css", get(console::console))
+        .route("/basemap.json", get(console::console))
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

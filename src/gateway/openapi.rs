@@ -30,6 +30,9 @@ use utoipa::OpenApi;
         super::rest::decline_offer,
         super::rest::snapshot,
         super::rest::cluster,
+        super::rest::search,
+        super::rest::driver_card,
+        super::rest::candidates,
         super::rest::ticket,
         super::rest::healthz,
         super::rest::readyz,
@@ -85,6 +88,7 @@ mod tests {
             ("DriverSignup", "name"),
             ("Vehicle", "plate"),
             ("CancelRequest", "reason"),
+            ("AssignRequest", "reason"),
         ] {
             assert_eq!(
                 schemas[schema]["properties"][field]["pattern"], PRINTABLE_TEXT_PATTERN,

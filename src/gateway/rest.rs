@@ -16,7 +16,7 @@ use crate::{
     error::{ApiError, ApiJson, ErrorCode, parse_json, read_body},
     ops,
     protocol::{
-        operators::Snapshot,
+        operators::{Candidates, DriverCard, SearchResults, Snapshot},
         rest::{
             AssignRequest, CancelRequest, ClusterView, Credentials, DependencyState, DispatchRole,
             DriverSignup, ErrorBody, EventsPage, Health, MAX_IDEMPOTENCY_KEY_CHARS, MAX_NAME_CHARS,
@@ -214,21 +214,48 @@ async fn driver_step(
         .map(ApiJson)
 }
 
+/// The driver ends the ride (the fare is metered); an operator resolves a ride whose
+/// driver cannot (the fare is the estimate), and must say why.
 #[utoipa::path(post, path = "/v1/trips/{id}/complete", tag = "trips", security(("bearer" = [])),
     params(("id" = String, Path, description = "Trip id")),
-    responses((status = 200, body = Trip), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, response = RateLimited), (status = 503, response = Unavailable)))]
+    request_body(content = Option<CancelRequest>, description = "The driver sends nothing; an operator must give a `reason`"),
+    responses((status = 200, body = Trip), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 429, response = RateLimited), (status = 503, response = Unavailable)))]
 pub async fn complete(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
+    request: Request,
 ) -> Result<ApiJson<Trip>, ApiError> {
+    let reason = optional_reason(request, &state).await?;
     state.limits.write(&principal)?;
-    state
-        .rides
-        .complete(&principal, &id, Instant::now())
-        .await
-        .map(ApiJson)
+    let now = Instant::now();
+    if principal.role == Role::Operator {
+        state
+            .rides
+            .resolve_complete(&principal, &id, reason, now)
+            .await
+    } else {
+        state.rides.complete(&principal, &id, now).await
+    }
+    .map(ApiJson)
+}
+
+/// A body that is nothing, `null`, or `{"reason": …}`: the reason, validated.
+async fn optional_reason(request: Request, state: &AppState) -> Result<Option<String>, ApiError> {
+    let bytes = read_body(request, state).await?;
+    // No body, and a JSON `null`, both mean no reason: the document says the body is
+    // optional, and `null` is how a JSON client says "none".
+    let body: CancelRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        CancelRequest::default()
+    } else {
+        parse_json::<Option<CancelRequest>>(&bytes)?.unwrap_or_default()
+    };
+    body.reason
+        .as_deref()
+        .map(|reason| valid_text("reason", reason, MAX_REASON_CHARS))
+        .transpose()
 }
 
 #[utoipa::path(post, path = "/v1/trips/{id}/cancel", tag = "trips", security(("bearer" = [])),
@@ -243,19 +270,7 @@ pub async fn cancel_trip(
     Path(id): Path<String>,
     request: Request,
 ) -> Result<ApiJson<Trip>, ApiError> {
-    let bytes = read_body(request, &state).await?;
-    // No body, and a JSON `null`, both mean no reason: the document says the body is
-    // optional, and `null` is how a JSON client says "none".
-    let body: CancelRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
-        CancelRequest::default()
-    } else {
-        parse_json::<Option<CancelRequest>>(&bytes)?.unwrap_or_default()
-    };
-    let reason = body
-        .reason
-        .as_deref()
-        .map(|reason| valid_text("reason", reason, MAX_REASON_CHARS))
-        .transpose()?;
+    let reason = optional_reason(request, &state).await?;
     state.limits.trip_request(&principal)?;
     state
         .rides
@@ -277,10 +292,15 @@ pub async fn assign(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<AssignRequest>,
 ) -> Result<ApiJson<Trip>, ApiError> {
+    let reason = body
+        .reason
+        .as_deref()
+        .map(|reason| valid_text("reason", reason, MAX_REASON_CHARS))
+        .transpose()?;
     state.limits.write(&principal)?;
     state
         .rides
-        .assign(&principal, &id, &body.driver_id, Instant::now())
+        .assign(&principal, &id, &body.driver_id, reason, Instant::now())
         .await
         .map(ApiJson)
 }
@@ -327,9 +347,55 @@ pub async fn snapshot(
 ) -> Result<ApiJson<Snapshot>, ApiError> {
     principal.require(Role::Operator)?;
     let rides = &state.rides;
-    Ok(ApiJson(
-        ops::snapshot(&rides.store, &rides.fleet, &rides.tally).await?,
-    ))
+    Ok(ApiJson(ops::snapshot(rides).await?))
+}
+
+/// Longest search text, in characters.
+const MAX_SEARCH_CHARS: usize = 100;
+
+#[utoipa::path(get, path = "/v1/ops/search", tag = "operations", security(("bearer" = [])),
+    params(("q" = String, Query, description = "A trip, driver or passenger id (or its start), a driver's name or plate, a passenger's name: 1–100 characters")),
+    responses((status = 200, body = SearchResults), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 429, response = RateLimited), (status = 503, response = Unavailable)))]
+pub async fn search(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<ApiJson<SearchResults>, ApiError> {
+    principal.require(Role::Operator)?;
+    let text = valid_text(
+        "q",
+        query.get("q").map_or("", String::as_str),
+        MAX_SEARCH_CHARS,
+    )?;
+    state.limits.write(&principal)?;
+    Ok(ApiJson(ops::search(&state.rides, &text).await?))
+}
+
+#[utoipa::path(get, path = "/v1/ops/drivers/{id}", tag = "operations", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Driver id")),
+    responses((status = 200, body = DriverCard), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 503, response = Unavailable)))]
+pub async fn driver_card(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<ApiJson<DriverCard>, ApiError> {
+    principal.require(Role::Operator)?;
+    Ok(ApiJson(ops::driver_card(&state.rides, &id).await?))
+}
+
+#[utoipa::path(get, path = "/v1/ops/trips/{id}/candidates", tag = "operations", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Trip id")),
+    responses((status = 200, body = Candidates), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 503, response = Unavailable)))]
+pub async fn candidates(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Candidates>, ApiError> {
+    principal.require(Role::Operator)?;
+    Ok(ApiJson(ops::candidates(&state.rides, &id).await?))
 }
 
 #[utoipa::path(get, path = "/v1/ops/cluster", tag = "operations", security(("bearer" = [])),

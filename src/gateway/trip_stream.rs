@@ -206,8 +206,10 @@ async fn no_longer_theirs(
 ) -> Result<(), ()> {
     match driver {
         Some(driver)
-            if newest.event == EventKind::DriverCancelled
-                && newest.trip.driver_id.as_deref() != Some(driver) =>
+            if matches!(
+                newest.event,
+                EventKind::DriverCancelled | EventKind::DriverLost
+            ) && newest.trip.driver_id.as_deref() != Some(driver) =>
         {
             let _ = socket
                 .send(socket::close(

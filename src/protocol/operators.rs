@@ -46,6 +46,8 @@ pub struct DriverView {
     pub connected: bool,
     /// The node holding the driver's socket.
     pub node: Option<String>,
+    /// When the driver was last heard from (a ping, a status, its socket opening).
+    pub last_ping_at: Timestamp,
 }
 
 /// A driver as the live stream sends it: `[id, state, lat, lng, trip_id]`, positions
@@ -184,8 +186,85 @@ pub struct Snapshot {
     pub trips: Vec<Trip>,
     pub stats: Stats,
     pub figures: Figures,
-    /// The most recent offer log lines, oldest first.
+    /// The most recent offers, one line each with its latest outcome, oldest first.
     pub offers: Vec<OfferLog>,
+    /// Rides under way that need an operator.
+    pub flags: Vec<TripFlag>,
+    /// The dispatch numbers, for countdowns and ETAs.
+    pub policy: Policy,
+}
+
+/// A trip an operator must look at, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TripFlag {
+    pub trip_id: String,
+    /// `driver_lost`: the ride is under way and its driver vanished.
+    pub flag: String,
+    pub at: Timestamp,
+    pub reason: Option<String>,
+}
+
+/// The dispatch policy in force (DESIGN §4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Policy {
+    pub offer_timeout_ms: u64,
+    /// A trip expires this long after it was requested.
+    pub dispatch_deadline_ms: u64,
+    pub search_radii_m: Vec<f64>,
+    pub stale_after_ms: u64,
+    pub driver_lost_after_ms: u64,
+    /// Pickup ETA = straight line × `detour_factor` / `urban_speed_mps`.
+    pub detour_factor: f64,
+    pub urban_speed_mps: f64,
+}
+
+/// A driver's account and where it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DriverCard {
+    pub id: String,
+    pub name: String,
+    pub plate: Option<String>,
+    /// `null` when the driver is not online.
+    pub online: Option<DriverView>,
+    /// The driver's active trip, if any.
+    pub trip: Option<Trip>,
+}
+
+/// A passenger as a search finds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PassengerCard {
+    pub id: String,
+    pub name: String,
+}
+
+/// `GET /v1/ops/search?q=`: trips, drivers and passengers matching the text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SearchResults {
+    pub trips: Vec<Trip>,
+    pub drivers: Vec<DriverCard>,
+    pub passengers: Vec<PassengerCard>,
+}
+
+/// A driver an operator may assign a trip to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CandidateView {
+    pub driver_id: String,
+    pub name: String,
+    pub plate: Option<String>,
+    pub state: DriverState,
+    pub position: LatLng,
+    pub distance_m: f64,
+    pub eta_s: f64,
+    /// Why dispatch will not offer this trip to the driver again (`declined`,
+    /// `offer_lapsed`, `driver_cancelled`, `driver_lost`); assigning is still allowed.
+    pub excluded: Option<String>,
+}
+
+/// `GET /v1/ops/trips/{id}/candidates`: nearest pickup ETA first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Candidates {
+    pub trip_id: String,
+    pub candidates: Vec<CandidateView>,
 }
 
 /// `/v1/ops/ws` messages, tagged by `type`: a snapshot first, then deltas.

@@ -86,6 +86,14 @@ pub struct CancelRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AssignRequest {
     pub driver_id: String,
+    /// Why, kept in the trip's event (optional; as a cancel's reason).
+    #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -188,9 +188,10 @@ impl Rides {
             .await
     }
 
-    /// A cancel by the passenger or an operator ends the trip; the assigned driver's cancel
-    /// before pickup gives the trip back to dispatch, which never offers it to that driver
-    /// again.
+    /// A cancel by the passenger ends the trip before pickup; an operator's ends it in any
+    /// active state (a ride after pickup only with a reason: it is the resolution of a stuck
+    /// trip). The assigned driver's cancel before pickup gives the trip back to dispatch,
+    /// which never offers it to that driver again.
     pub async fn cancel(
         &self,
         principal: &Principal,
@@ -198,10 +199,16 @@ impl Rides {
         reason: Option<String>,
         now: Instant,
     ) -> Result<Trip, ApiError> {
-        let change = if principal.role == Role::Driver {
-            Change::DriverCancel
-        } else {
-            Change::Cancel
+        let change = match principal.role {
+            Role::Driver => Change::DriverCancel,
+            Role::Operator => {
+                let trip = self.visible_trip(principal, trip_id).await?;
+                if trip.state == TripState::InProgress && reason.is_none() {
+                    return Err(reason_required("cancelling a ride under way"));
+                }
+                Change::Void
+            }
+            _ => Change::Cancel,
         };
         let cause = Cause::by(principal.actor(), Timestamp::at(now)).because(reason);
         let transition = self
@@ -220,12 +227,38 @@ impl Rides {
         Ok(transition.event.trip)
     }
 
+    /// An operator ends a ride under way whose driver cannot (vanished, phone dead): the
+    /// trip completes at its estimate, with the operator's reason in the event.
+    pub async fn resolve_complete(
+        &self,
+        operator: &Principal,
+        trip_id: &str,
+        reason: Option<String>,
+        now: Instant,
+    ) -> Result<Trip, ApiError> {
+        operator.require(Role::Operator)?;
+        let reason = reason.ok_or_else(|| reason_required("completing a ride for its driver"))?;
+        let trip = self.visible_trip(operator, trip_id).await?;
+        let change = Change::Complete {
+            fare: trip.fare_estimate.clone(),
+        };
+        let cause = Cause::by(operator.actor(), Timestamp::at(now)).because(Some(reason));
+        let transition = self
+            .store
+            .transition(trip_id, &change, &cause, |_| Ok(()))
+            .await?;
+        tracing::info!(%trip_id, operator = %operator.id, "ride completed by an operator");
+        self.committed(&transition);
+        Ok(transition.event.trip)
+    }
+
     /// An operator dispatches a trip by hand to an online, available driver.
     pub async fn assign(
         &self,
         operator: &Principal,
         trip_id: &str,
         driver_id: &str,
+        reason: Option<String>,
         now: Instant,
     ) -> Result<Trip, ApiError> {
         operator.require(Role::Operator)?;
@@ -244,7 +277,7 @@ impl Rides {
         let change = Change::Accept {
             driver_id: driver_id.to_string(),
         };
-        let cause = Cause::by(operator.actor(), Timestamp::at(now));
+        let cause = Cause::by(operator.actor(), Timestamp::at(now)).because(reason);
         let transition = self
             .store
             .transition(trip_id, &change, &cause, |_| Ok(()))
@@ -284,4 +317,11 @@ impl Rides {
         self.commit(Note::OfferClosed { closed, at });
         Ok(())
     }
+}
+
+fn reason_required(what: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::InvalidBody,
+        format!("{what} needs a reason (`reason`)"),
+    )
 }

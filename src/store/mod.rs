@@ -13,6 +13,7 @@ mod cluster;
 pub mod hosts;
 mod offers;
 mod operators;
+mod oversight;
 mod trips;
 
 use std::{
@@ -35,6 +36,7 @@ use sqlx::{
 pub use cluster::{Fence, Lease, NodeRow};
 pub use offers::{NewOffer, OfferRecord, OfferState};
 pub use operators::OperatorRecord;
+pub use oversight::{AccountRecord, LostRide, PastEvent, SEARCH_LIMIT};
 pub use trips::{Cause, ClosedOffer, Creation, NewTrip, Transition};
 
 use crate::trip::InvalidTransition;

@@ -408,6 +408,32 @@ impl Store {
         Ok(lines)
     }
 
+    /// The log lines of every offer made since `since`: its making, then its outcome if it
+    /// closed (for the figures after a restart).
+    pub async fn offer_lines_since(&self, since: Timestamp) -> Result<Vec<OfferLog>, StoreError> {
+        let sql =
+            format!("SELECT {OFFER_COLUMNS} FROM offers WHERE made_at >= $1 ORDER BY made_at");
+        let rows = retrying(|| async {
+            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(since.millis())
+                .fetch_all(&self.pool()?)
+                .await
+        })
+        .await?;
+        let mut lines = Vec::with_capacity(rows.len() * 2);
+        for row in &rows {
+            let record = offer_from_row(row)?;
+            lines.push(record.offer.log());
+            if let Some(closed_at) = record.closed_at {
+                let mut line = record.offer.log();
+                line.outcome = record.state.outcome();
+                line.at = closed_at;
+                lines.push(line);
+            }
+        }
+        Ok(lines)
+    }
+
     /// Trips still `requested`, each with the drivers never to be offered it again.
     /// Two reads whatever the number of trips: the leader re-reads this every few
     /// seconds.

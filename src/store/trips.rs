@@ -15,7 +15,7 @@ use crate::{
     trip::{Actor, Change, EventKind, Money, Role, Timestamp, Trip, TripEvent, TripState},
 };
 
-const TRIP_COLUMNS: &str = "id, state, seq, passenger_id, driver_id, pickup_lat, pickup_lng, \
+pub(super) const TRIP_COLUMNS: &str = "id, state, seq, passenger_id, driver_id, pickup_lat, pickup_lng, \
      dropoff_lat, dropoff_lng, fare_estimate_amount, fare_amount, currency, requested_at, updated_at";
 
 /// A request for a new trip, already validated.
@@ -352,10 +352,13 @@ impl Store {
                 });
             }
         }
-        if event.event == EventKind::DriverCancelled
+        if matches!(
+            event.event,
+            EventKind::DriverCancelled | EventKind::DriverLost
+        ) && after.driver_id.is_none()
             && let Some(driver_id) = &before.driver_id
         {
-            insert_exclusion(&mut tx, &after.id, driver_id, "driver_cancelled").await?;
+            insert_exclusion(&mut tx, &after.id, driver_id, event.event.as_str()).await?;
         }
         tx.commit().await?;
         Ok(Committed::Done(closed))

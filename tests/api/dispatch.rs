@@ -378,6 +378,7 @@ async fn an_operator_assigns_and_sees_the_fleet(backend: Backend) {
             OPERATOR_TOKEN,
             &AssignRequest {
                 driver_id: chosen.id.clone(),
+                reason: None,
             },
         )
         .await
@@ -407,6 +408,7 @@ async fn an_operator_assigns_and_sees_the_fleet(backend: Backend) {
             OPERATOR_TOKEN,
             &AssignRequest {
                 driver_id: chosen.id.clone(),
+                reason: None,
             },
         )
         .await;
@@ -417,6 +419,7 @@ async fn an_operator_assigns_and_sees_the_fleet(backend: Backend) {
             OPERATOR_TOKEN,
             &AssignRequest {
                 driver_id: "drv_nobody".into(),
+                reason: None,
             },
         )
         .await;
@@ -427,6 +430,7 @@ async fn an_operator_assigns_and_sees_the_fleet(backend: Backend) {
             &passenger.token,
             &AssignRequest {
                 driver_id: near.id.clone(),
+                reason: None,
             },
         )
         .await;

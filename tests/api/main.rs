@@ -10,6 +10,7 @@ mod dispatch;
 mod hostile;
 mod operators;
 mod ops;
+mod oversight;
 mod sim;
 mod store;
 mod streams;

@@ -137,7 +137,10 @@ pub async fn check(pool: &AnyPool, journal: &Journal, findings: &mut Findings, a
         for (_, event, at, trip) in history {
             match event.as_str() {
                 "accepted" => current = trip.driver_id.clone().map(|d| (d, *at)),
-                "completed" | "cancelled" | "driver_cancelled" | "expired" => {
+                // A lost driver lets go of the trip only before pickup (after it, the
+                // event is a flag and the driver stays on the ride).
+                "driver_lost" if trip.driver_id.is_some() => {}
+                "completed" | "cancelled" | "driver_cancelled" | "driver_lost" | "expired" => {
                     if let Some((driver, from)) = current.take() {
                         held.entry(driver)
                             .or_default()

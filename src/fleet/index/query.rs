@@ -7,7 +7,10 @@ use tokio::time::Instant;
 use super::{
     Candidate, DriverState, DriverStatus, DriverView, FleetChanges, FleetIndex, REMOVED_LOG, Slot,
 };
-use crate::geometry::{self, LatLng};
+use crate::{
+    geometry::{self, LatLng},
+    trip::Timestamp,
+};
 
 impl FleetIndex {
     /// The up to `k` nearest dispatchable drivers within `radius_m` of `pickup`, nearest
@@ -74,6 +77,13 @@ impl FleetIndex {
         self.slot(driver_id).map(|slot| self.view_of(slot, now))
     }
 
+    /// Whether the driver has a live socket (on any node), and when it was last heard
+    /// from; `None` if it is not online at all.
+    pub fn contact(&self, driver_id: &str) -> Option<(bool, Instant)> {
+        self.slot(driver_id)
+            .map(|slot| (slot.sockets > 0, slot.last_ping))
+    }
+
     /// Every online driver's state, without copying the drivers.
     pub fn states(&self, now: Instant) -> impl Iterator<Item = DriverState> + '_ {
         self.slots
@@ -121,6 +131,7 @@ impl FleetIndex {
             offer_id: slot.offer_id.clone(),
             connected: slot.sockets > 0,
             node: slot.node.as_deref().map(str::to_string),
+            last_ping_at: Timestamp::at(slot.last_ping),
         }
     }
 
