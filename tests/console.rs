@@ -599,6 +599,16 @@ async fn search_and_links(server: &TestServer, browser: &Browser, trip_id: &str,
             text.contains("does not name a trip or a driver")
         })
         .await;
+    // A good one clears that message and opens its card.
+    browser
+        .run(&format!("location.hash = 'trip={trip_id}'; return true;"))
+        .await;
+    browser
+        .until(
+            "the bad-link message gone",
+            "return document.getElementById('banner').hidden;",
+        )
+        .await;
     // An empty search says what to type.
     browser.type_into("#search-input", " ").await;
     browser
@@ -635,7 +645,12 @@ async fn assign_and_cancel(server: &TestServer, browser: &Browser, trip_id: &str
             |text| text.is_string(),
         )
         .await;
-    assert!(ranked.as_str().unwrap().contains("ETA"), "{ranked}");
+    // Ranked by the server: name and plate, distance and ETA.
+    let ranked = ranked.as_str().unwrap();
+    assert!(
+        ranked.contains("Seoyeon") && ranked.contains("34나5678") && ranked.contains("ETA"),
+        "{ranked}"
+    );
     browser.screenshot("console-assign.png").await;
     // Jamsil is about 7 km from Gangnam: beyond the 5 km the console confirms.
     browser.click(&candidate).await;

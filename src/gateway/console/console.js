@@ -1616,16 +1616,16 @@
       dirty.prune = false;
       pruneTerminalTrips();
     }
-    renderStats();
-    if (dirty.figures) {
-      dirty.figures = false;
-      renderFigures();
-    }
     if (dirty.alerts || Date.now() - alerts.computedAt >= ALERTS_EVERY_MS) {
       dirty.alerts = false;
       computeAlerts(Date.now());
       renderAlerts();
       invalidate('map');
+    }
+    renderStats();
+    if (dirty.figures) {
+      dirty.figures = false;
+      renderFigures();
     }
     renderOfferLog();
     renderTrips();
@@ -2603,7 +2603,7 @@
     let list;
     let source;
     try {
-      const body = await api('GET', `/v1/trips/${encodeURIComponent(trip.id)}/candidates`);
+      const body = await api('GET', `/v1/ops/trips/${encodeURIComponent(trip.id)}/candidates`);
       list = (body?.candidates ?? []).map((c) => ({
         id: c.driver_id, name: c.name, plate: c.plate, state: c.state,
         distance: c.distance_m, eta: c.eta_s, excluded: c.excluded ?? null,
@@ -2793,8 +2793,11 @@
     }
     if (!match || !id || id.length > 100) {
       showBanner(`This link does not name a trip or a driver (${hash.slice(0, 60)}): links look like #trip=<id> or #driver=<id>.`, 'error', 10_000);
+      $('banner').dataset.link = 'bad';
       return;
     }
+    // A good link clears the message a bad one left.
+    if ($('banner').dataset.link === 'bad') $('banner').hidden = true;
     if (selected && selected.kind === match[1] && selected.id === id) return;
     select(match[1], id);
   }
@@ -3037,6 +3040,7 @@
     const banner = $('banner');
     banner.textContent = text;
     banner.dataset.kind = kind;
+    delete banner.dataset.link;
     banner.hidden = false;
     clearTimeout(connection.bannerTimer);
     if (hideAfterMs) connection.bannerTimer = setTimeout(() => { banner.hidden = true; }, hideAfterMs);
