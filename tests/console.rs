@@ -497,6 +497,16 @@ async fn alerts(browser: &Browser, trip_id: &str) {
     browser
         .text_of("alert-settings-message", |text| text.contains("saved"))
         .await;
+    // A tile layer whose every tile fails says so, rather than "on".
+    browser
+        .type_into("#tile-template", "/no-tiles-here/{z}/{x}/{y}.png")
+        .await;
+    browser.click("#settings-form button[type=submit]").await;
+    browser
+        .text_of("tile-status", |text| text.starts_with("failing"))
+        .await;
+    browser.click("#tile-clear").await;
+    browser.text_of("tile-status", |text| text == "off").await;
     browser.click("#settings-toggle").await;
     let alert = browser
         .eventually(
@@ -529,6 +539,55 @@ async fn alerts(browser: &Browser, trip_id: &str) {
         .await;
     assert_eq!(stored, json!(1));
     browser.screenshot("console-alerts.png").await;
+
+    // The legend filters: hiding available drivers takes them off the map.
+    let drawn = browser.run("return hailConsole.driversDrawn();").await;
+    browser.click("#legend button[data-filter=available]").await;
+    browser
+        .until(
+            "available drivers hidden",
+            &format!("return hailConsole.driversDrawn() < {drawn};"),
+        )
+        .await;
+    browser.click("#legend button[data-filter=available]").await;
+    browser
+        .until(
+            "available drivers shown again",
+            &format!("return hailConsole.driversDrawn() === {drawn};"),
+        )
+        .await;
+
+    // Supply and demand per district, over the offline basemap.
+    browser
+        .until(
+            "the basemap drawn",
+            "return hailConsole.basemap() === 'ready';",
+        )
+        .await;
+    browser.click("#zones-toggle").await;
+    browser
+        .until(
+            "the zones layer on",
+            "return document.getElementById('zones-toggle').getAttribute('aria-pressed') === 'true'
+               && !document.getElementById('zones-key').hidden;",
+        )
+        .await;
+    browser.screenshot("console-zones.png").await;
+    browser.click("#zones-toggle").await;
+
+    // The log filtered by trip: only that trip's offer.
+    browser.type_into("#filter-trip", trip_id).await;
+    browser
+        .until(
+            "the log filtered by trip",
+            &format!(
+                "const rows = [...document.querySelectorAll('#offers-body tr')];
+                 return rows.length === 1 && rows[0].textContent.includes({});",
+                json!(trip_id)
+            ),
+        )
+        .await;
+    browser.type_into("#filter-trip", "").await;
 }
 
 /// Search finds a driver by plate (her card shows name, plate and last ping) and a trip

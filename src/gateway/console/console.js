@@ -1864,11 +1864,16 @@
   }
 
   for (const [id, key] of [['filter-outcome', 'outcome'], ['filter-driver', 'driver'], ['filter-trip', 'trip']]) {
-    $(id).addEventListener('input', () => {
-      offerFilter[key] = $(id).value.trim();
+    const apply = () => {
+      const value = $(id).value.trim();
+      if (offerFilter[key] === value) return;
+      offerFilter[key] = value;
       dirty.offersRebuild = true;
       invalidate('panels');
-    });
+    };
+    // `change` too: clearing a field programmatically (or by WebDriver) fires only that.
+    $(id).addEventListener('input', apply);
+    $(id).addEventListener('change', apply);
   }
   $('offers-filter').addEventListener('submit', (event) => event.preventDefault());
 
