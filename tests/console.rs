@@ -457,7 +457,7 @@ async fn journey(server: &mut TestServer, browser: &Browser) {
     );
     let timeline = browser.screenshot("console-timeline.png").await;
 
-    alerts(browser, trip_id).await;
+    alerts(server, browser, trip_id).await;
     search_and_links(server, browser, trip_id, &seoyeon.id).await;
     assign_and_cancel(server, browser, trip_id, &seoyeon.id).await;
     stuck_trip(server, browser, &mut fleet[8]).await;
@@ -490,7 +490,7 @@ async fn journey(server: &mut TestServer, browser: &Browser) {
 
 /// A waiting trip raises an alert once it waits longer than the threshold an operator
 /// sets under Settings (1 s here): listed with its fix, counted in the tab title.
-async fn alerts(browser: &Browser, trip_id: &str) {
+async fn alerts(server: &TestServer, browser: &Browser, trip_id: &str) {
     browser.click("#settings-toggle").await;
     browser.type_into("#alert-wait-s", "1").await;
     browser.click("#alert-settings button[type=submit]").await;
@@ -533,6 +533,29 @@ async fn alerts(browser: &Browser, trip_id: &str) {
         )
         .await;
     assert!(title.as_str().unwrap().starts_with('('), "{title}");
+    // A request in Incheon, beyond the widest search radius of every driver: "no
+    // candidate", fixed by assigning by hand. (It stays waiting for the rest of the test.)
+    let far = server.passenger().await;
+    let lonely = server
+        .request_trip(&far, at(37.4563, 126.7052), at(37.4700, 126.7200))
+        .await;
+    let lonely_alert = browser
+        .eventually(
+            "a no-candidate alert for the far request",
+            &format!(
+                "const row = document.querySelector('#alerts li[data-trip-id=\"' + {} + '\"][data-kind=no_candidate]');
+                 return row ? row.textContent : null;",
+                json!(lonely.id)
+            ),
+            |text| text.is_string(),
+        )
+        .await;
+    let lonely_alert = lonely_alert.as_str().unwrap();
+    assert!(
+        lonely_alert.contains("no available driver within 10.0 km")
+            && lonely_alert.contains("Assign…"),
+        "{lonely_alert}"
+    );
     // The stored threshold outlives a reload of the page.
     let stored = browser
         .run("return JSON.parse(localStorage.getItem('hail.alert_settings')).waitS;")
