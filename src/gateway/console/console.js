@@ -1117,6 +1117,10 @@
     basemap.districts = features.filter((f) => f.kind === 'district' && f.area);
     for (const district of basemap.districts) district.labelAt = district.labelAt ?? labelPoint(district);
     basemap.attribution = typeof collection.attribution === 'string' ? collection.attribution : '';
+    const credit = $('basemap-attribution');
+    credit.textContent = basemap.attribution ? `Map: ${basemap.attribution}` : '';
+    credit.title = basemap.attribution;
+    credit.hidden = !basemap.attribution;
     basemap.state = 'ready';
     canvas.dataset.basemap = 'ready';
     canvas.dataset.basemapKinds = [...new Set(features.map((f) => f.kind))].join(',');
