@@ -49,7 +49,9 @@ impl ErrorCode {
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             InvalidTransition | OfferExpired | OfferAlreadyAnswered | ActiveTripExists
-            | DriverBusy | DriverUnavailable | IdempotencyKeyReused => StatusCode::CONFLICT,
+            | DriverBusy | DriverUnavailable | IdempotencyKeyReused | ReasonRequired => {
+                StatusCode::CONFLICT
+            }
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RateLimited | TooManySockets => StatusCode::TOO_MANY_REQUESTS,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,

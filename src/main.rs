@@ -166,6 +166,26 @@ async fn demo(config: DemoConfig) -> anyhow::Result<()> {
         "hail demo: a simulated Seoul with {} drivers, {} requests a minute",
         config.drivers, config.requests_per_min
     );
+    // An earlier demo's city is gone with its process: its passengers and drivers will
+    // never finish the trips it left open. End them, on the record, rather than leave
+    // them to dispatch and to the operators' alerts; the history and figures stay.
+    let demo_operator = hail::auth::Principal {
+        id: hail::auth::BOOTSTRAP_OPERATOR.to_string(),
+        role: hail::trip::Role::Operator,
+    };
+    let ended = server
+        .app
+        .rides
+        .void_open_trips(
+            &demo_operator,
+            "the demo restarted: its simulated city was gone",
+        )
+        .await?;
+    if ended > 0 {
+        println!(
+            "  resumed the store of an earlier demo: cancelled the {ended} trips it left open"
+        );
+    }
     println!("  console:        {console}");
     println!("  operator token: {}", server.operator_token);
     println!("  stop with Ctrl-C");

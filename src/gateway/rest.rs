@@ -21,7 +21,7 @@ use crate::{
             AssignRequest, CancelRequest, ClusterView, Credentials, DependencyState, DispatchRole,
             DriverSignup, ErrorBody, EventsPage, Health, MAX_IDEMPOTENCY_KEY_CHARS, MAX_NAME_CHARS,
             MAX_PLATE_CHARS, MAX_REASON_CHARS, PassengerSignup, RateLimited, Readiness,
-            SocketTicket, TripRequest, Unavailable,
+            SearchQuery, SocketTicket, TripRequest, Unavailable,
         },
     },
     trip::{Change, Role, Trip},
@@ -220,8 +220,8 @@ async fn driver_step(
     params(("id" = String, Path, description = "Trip id")),
     request_body(content = Option<CancelRequest>, description = "The driver sends nothing; an operator must give a `reason`"),
     responses((status = 200, body = Trip), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 429, response = RateLimited), (status = 503, response = Unavailable)))]
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody, description = "invalid_transition, or reason_required (an operator's)"),
+              (status = 413, body = ErrorBody), (status = 429, response = RateLimited), (status = 503, response = Unavailable)))]
 pub async fn complete(
     State(state): State<AppState>,
     principal: Principal,
@@ -354,7 +354,7 @@ pub async fn snapshot(
 const MAX_SEARCH_CHARS: usize = 100;
 
 #[utoipa::path(get, path = "/v1/ops/search", tag = "operations", security(("bearer" = [])),
-    params(("q" = String, Query, description = "A trip, driver or passenger id (or its start), a driver's name or plate, a passenger's name: 1–100 characters")),
+    params(SearchQuery),
     responses((status = 200, body = SearchResults), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 429, response = RateLimited), (status = 503, response = Unavailable)))]
 pub async fn search(

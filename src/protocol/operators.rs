@@ -161,7 +161,8 @@ pub struct Minute {
     pub offers_lapsed: u32,
 }
 
-/// The console's figures at a glance, since this node started (at most 30 minutes).
+/// The console's figures at a glance: the last 30 minutes at most, read back from the
+/// store when a node starts, so a restart does not zero them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Figures {
     /// Over the last 15 minutes.

@@ -83,6 +83,20 @@ pub struct CancelRequest {
     pub reason: Option<String>,
 }
 
+/// `GET /v1/ops/search?q=`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SearchQuery {
+    /// A trip, driver or passenger id (or its start), a driver's name or plate, a
+    /// passenger's name.
+    #[param(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000-\u001f\u007f-\u009f]*$"
+    )]
+    pub q: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AssignRequest {
     pub driver_id: String,
@@ -225,6 +239,8 @@ pub enum ErrorCode {
     DriverBusy,
     DriverUnavailable,
     IdempotencyKeyReused,
+    /// Ending a ride under way (an operator's cancel or completion) needs a `reason`.
+    ReasonRequired,
     // 413, 429
     PayloadTooLarge,
     RateLimited,
@@ -258,6 +274,7 @@ impl ErrorCode {
             ErrorCode::DriverBusy => "driver_busy",
             ErrorCode::DriverUnavailable => "driver_unavailable",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::ReasonRequired => "reason_required",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::TooManySockets => "too_many_sockets",

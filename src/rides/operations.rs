@@ -227,6 +227,33 @@ impl Rides {
         Ok(transition.event.trip)
     }
 
+    /// An operator ends every open trip, with one reason (`hail demo` starting on the store
+    /// of an earlier demo, whose simulated passengers and drivers are gone). Returns how
+    /// many it ended; trips that moved on meanwhile are left alone.
+    pub async fn void_open_trips(
+        &self,
+        operator: &Principal,
+        reason: &str,
+    ) -> Result<usize, ApiError> {
+        operator.require(Role::Operator)?;
+        let open = [
+            TripState::Requested,
+            TripState::Accepted,
+            TripState::Arrived,
+            TripState::InProgress,
+        ];
+        let mut ended = 0;
+        for trip in self.store.trips_in_states(&open).await? {
+            let cancel = self.cancel(operator, &trip.id, Some(reason.to_string()), Instant::now());
+            match cancel.await {
+                Ok(_) => ended += 1,
+                Err(error) if error.code == ErrorCode::InvalidTransition => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(ended)
+    }
+
     /// An operator ends a ride under way whose driver cannot (vanished, phone dead): the
     /// trip completes at its estimate, with the operator's reason in the event.
     pub async fn resolve_complete(
@@ -319,9 +346,11 @@ impl Rides {
     }
 }
 
+/// A conflict with the trip's state rather than bad input: the same request without a
+/// reason is fine before pickup.
 fn reason_required(what: &str) -> ApiError {
     ApiError::new(
-        ErrorCode::InvalidBody,
+        ErrorCode::ReasonRequired,
         format!("{what} needs a reason (`reason`)"),
     )
 }

@@ -126,10 +126,19 @@ async fn a_vanished_driver_mid_ride_is_flagged_for_an_operator_to_resolve(backen
             .post(&path(&ride_a, action), OPERATOR_TOKEN, &json!({}))
             .await;
         assert_eq!(
-            refused.error(StatusCode::BAD_REQUEST),
-            ErrorCode::InvalidBody
+            refused.error(StatusCode::CONFLICT),
+            ErrorCode::ReasonRequired
         );
     }
+    // Before pickup an operator's cancel needs none.
+    let waiting = server.passenger().await;
+    let early = server
+        .request_trip(&waiting, near_gangnam(30_000.0), city_hall())
+        .await;
+    let _: Trip = server
+        .post(&path(&early, "cancel"), OPERATOR_TOKEN, &json!({}))
+        .await
+        .ok();
     let refused = server
         .post(
             &path(&ride_a, "cancel"),
