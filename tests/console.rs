@@ -561,6 +561,10 @@ async fn alerts(server: &TestServer, browser: &Browser, trip_id: &str) {
         .run("return JSON.parse(localStorage.getItem('hail.alert_settings')).waitS;")
         .await;
     assert_eq!(stored, json!(1));
+    // Clicking scrolled the side panels; show the alerts at the top.
+    browser
+        .run("document.querySelector('.right').scrollTop = 0; return true;")
+        .await;
     browser.screenshot("console-alerts.png").await;
 
     // The legend filters: hiding available drivers takes them off the map.
