@@ -6,6 +6,17 @@
 // decoupled from arrival: messages only mark what is dirty, the map is drawn at most once
 // per animation frame and the side panels at most PANELS_EVERY_MS, so a busy fleet costs
 // the same number of frames as a quiet one.
+//
+// Sections, in order: model, messages, scheduling; the map (drawing, optional tiles,
+// legend filters, edge markers for requests off screen, the offline basemap from
+// /basemap.json, supply and demand per district, pointer input); formatting; panels
+// (figures, the dispatch log with one row per offer, open trips); alerts (trips in
+// trouble, by thresholds kept in this browser); cluster; the inspector card and its
+// actions (assign from ranked candidates, cancel, resolve); links (#trip=, #driver=);
+// search; REST; connection; sign-in; settings; start.
+//
+// Endpoints newer than this page's oldest server (search, candidates) fall back to what
+// the page holds when the server answers "route not found".
 'use strict';
 
 (() => {
