@@ -1246,31 +1246,37 @@
   }
 
   /// District names (and, with the zones layer, their supply : demand) where there is
-  /// room: from DISTRICT_LABEL_ZOOM in, or always with the zones layer on.
+  /// room: from DISTRICT_LABEL_ZOOM in, or always with the zones layer on. A label that
+  /// would overlap one already drawn is left out rather than drawn as a smudge.
   function drawDistrictLabels(scale, offsetX, offsetY) {
     if (!basemap.districts.length || (view.zoom < DISTRICT_LABEL_ZOOM && !zones.on)) return;
+    const taken = [];
+    const fits = (x, y, width, height) => {
+      const box = { left: x - width / 2 - 2, right: x + width / 2 + 2, top: y - height, bottom: y + 2 };
+      if (taken.some((t) => box.left < t.right && box.right > t.left && box.top < t.bottom && box.bottom > t.top)) return false;
+      taken.push(box);
+      return true;
+    };
+    const write = (text, x, y, font, fill) => {
+      context.font = font;
+      if (!fits(x, y, context.measureText(text).width, 12)) return;
+      context.strokeStyle = 'rgba(255,255,255,0.9)';
+      context.fillStyle = fill;
+      context.strokeText(text, x, y);
+      context.fillText(text, x, y);
+    };
     context.textAlign = 'center';
     context.lineWidth = 3;
     for (const district of basemap.districts) {
       const x = district.labelAt.x * scale + offsetX;
       const y = district.labelAt.y * scale + offsetY;
       if (x < -60 || y < -20 || x > view.width + 60 || y > view.height + 20) continue;
-      if (district.name && view.zoom >= DISTRICT_LABEL_ZOOM) {
-        context.font = '600 11px system-ui, "Liberation Sans", "DejaVu Sans", sans-serif';
-        context.strokeStyle = 'rgba(255,255,255,0.85)';
-        context.fillStyle = 'rgba(92,86,76,0.9)';
-        context.strokeText(district.name, x, y);
-        context.fillText(district.name, x, y);
+      // The figures first: with the zones layer on they are what the operator looks for.
+      if (zones.on && district.stats && (district.stats.available || district.stats.waiting)) {
+        write(`${district.stats.available} : ${district.stats.waiting}`, x, y + 14, '700 12px system-ui, "Liberation Sans", "DejaVu Sans", sans-serif', COLOURS.ink);
       }
-      if (zones.on && district.stats) {
-        const { available, waiting } = district.stats;
-        if (!available && !waiting) continue;
-        const text = `${available} : ${waiting}`;
-        context.font = '700 12px system-ui, "Liberation Sans", "DejaVu Sans", sans-serif';
-        context.strokeStyle = 'rgba(255,255,255,0.95)';
-        context.fillStyle = COLOURS.ink;
-        context.strokeText(text, x, y + 14);
-        context.fillText(text, x, y + 14);
+      if (district.name && view.zoom >= DISTRICT_LABEL_ZOOM) {
+        write(district.name, x, y, '600 11px system-ui, "Liberation Sans", "DejaVu Sans", sans-serif', 'rgba(92,86,76,0.9)');
       }
     }
     context.textAlign = 'start';
