@@ -459,7 +459,7 @@ async fn journey(server: &mut TestServer, browser: &Browser) {
 
     alerts(server, browser, trip_id).await;
     search_and_links(server, browser, trip_id, &seoyeon.id).await;
-    assign_and_cancel(server, browser, trip_id, &seoyeon.id).await;
+    assign_and_cancel(server, browser, trip_id, &seoyeon.id, &mut fleet[0]).await;
     stuck_trip(server, browser, &mut fleet[8]).await;
 
     // The server goes away: the page says so instead of showing a frozen map as live.
@@ -714,7 +714,20 @@ async fn search_and_links(server: &TestServer, browser: &Browser, trip_id: &str,
 /// Assign from the candidates the server ranks (a driver beyond the confirmation distance
 /// needs a second click), then cancel with a reason: the timeline shows the reason and the
 /// operator's name, as the events API does.
-async fn assign_and_cancel(server: &TestServer, browser: &Browser, trip_id: &str, driver_id: &str) {
+async fn assign_and_cancel(
+    server: &TestServer,
+    browser: &Browser,
+    trip_id: &str,
+    driver_id: &str,
+    nearest: &mut (Account, Ws),
+) {
+    // The nearest driver (Gangnam) was offered the trip and declines it: the candidate
+    // list still shows him, marked, so nobody assigns it back to him unawares.
+    let (gangnam, gangnam_ws) = nearest;
+    let offer = gangnam_ws.offer().await;
+    assert_eq!(offer.trip_id, trip_id);
+    let declined = server.answer(gangnam, &offer, "decline").await;
+    assert_eq!(declined.status, StatusCode::NO_CONTENT, "{}", declined.body);
     browser
         .click(&format!(
             "#alerts li[data-trip-id='{trip_id}'] button[data-action=assign]"
@@ -736,6 +749,21 @@ async fn assign_and_cancel(server: &TestServer, browser: &Browser, trip_id: &str
     assert!(
         ranked.contains("Seoyeon") && ranked.contains("34나5678") && ranked.contains("ETA"),
         "{ranked}"
+    );
+    let marked = browser
+        .eventually(
+            "the driver who declined, marked",
+            &format!(
+                "const b = document.querySelector('#candidates button[data-driver-id=\"' + {} + '\"]');
+                 return b ? b.textContent : null;",
+                json!(gangnam.id)
+            ),
+            |text| text.as_str().is_some_and(|text| text.contains("declined")),
+        )
+        .await;
+    assert!(
+        marked.as_str().unwrap().contains("declined this trip"),
+        "{marked}"
     );
     browser.screenshot("console-assign.png").await;
     // Jamsil is about 7 km from Gangnam: beyond the 5 km the console confirms.
