@@ -2173,7 +2173,15 @@
     }
     $('alerts-more').textContent = count > ALERTS_SHOWN_MAX ? `and ${integer.format(count - ALERTS_SHOWN_MAX)} more` : '';
     $('alerts-empty').hidden = count > 0;
+    const chip = $('inspector-alerts');
+    chip.hidden = count === 0;
+    chip.textContent = `${integer.format(count)} need${count === 1 ? 's' : ''} attention`;
   }
+
+  $('inspector-alerts').addEventListener('click', () => {
+    closeInspector();
+    document.querySelector('.right').scrollTop = 0;
+  });
 
   /// The settings form shows the thresholds in force; saving checks and stores them.
   const SETTING_FIELDS = [['alert-wait-s', 'waitS'], ['alert-expiry-s', 'expiryS'], ['alert-eta-min', 'etaMin'], ['alert-confirm-km', 'confirmKm']];
@@ -2323,6 +2331,13 @@
   }
 
   $('inspector-close').addEventListener('click', closeInspector);
+  // "/" jumps to the search box, as in most consoles, unless the operator is typing.
+  document.addEventListener('keydown', (event) => {
+    const typing = event.target instanceof HTMLInputElement || event.target instanceof HTMLSelectElement;
+    if (event.key !== '/' || typing || !session.token) return;
+    event.preventDefault();
+    $('search-input').focus();
+  });
   document.addEventListener('keydown', (event) => {
     if (event.key !== 'Escape') return;
     if (!$('search-results').hidden) {
