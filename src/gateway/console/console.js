@@ -2175,7 +2175,7 @@
     $('alerts-empty').hidden = count > 0;
     const chip = $('inspector-alerts');
     chip.hidden = count === 0;
-    chip.textContent = `${integer.format(count)} need${count === 1 ? 's' : ''} attention`;
+    chip.textContent = `⚠ ${integer.format(count)} trip${count === 1 ? ' needs' : 's need'} attention: see the list`;
   }
 
   $('inspector-alerts').addEventListener('click', () => {
