@@ -38,6 +38,11 @@ const POLL_EVERY: Duration = Duration::from_millis(100);
 const DRIVER_LOST_AFTER_MS: u64 = 1_500;
 /// The WebDriver code of the Enter key.
 const ENTER: &str = "\u{E007}";
+/// Records uncaught errors and rejected promises of the page, for [`Browser::no_page_errors`].
+const WATCH_ERRORS: &str = "window.__errors = [];
+    window.addEventListener('error', (e) => window.__errors.push(String(e.message)));
+    window.addEventListener('unhandledrejection', (e) => window.__errors.push(String(e.reason)));
+    return true;";
 /// The error messages the page is showing, for a failure report.
 const SHOWN_ERRORS: &str = "return [...document.querySelectorAll('.error, #banner')]
     .filter((e) => !e.hidden && e.textContent).map((e) => e.textContent);";
@@ -222,6 +227,12 @@ impl Browser {
             .await;
     }
 
+    /// Fails if the page threw since [`WATCH_ERRORS`] was run in it.
+    async fn no_page_errors(&self) {
+        let errors = self.run("return window.__errors;").await;
+        assert_eq!(errors, json!([]), "the page threw");
+    }
+
     /// Resizes the window so that the page itself (the viewport) is `width` × `height`.
     async fn viewport(&self, width: u32, height: u32) {
         self.client.set_window_size(width, height).await.unwrap();
@@ -349,6 +360,8 @@ async fn journey(server: &mut TestServer, browser: &Browser) {
         )
         .await;
 
+    browser.run(WATCH_ERRORS).await;
+
     // The cluster panel: one node, leading dispatch.
     let node = server.app().node.id.clone();
     browser
@@ -461,6 +474,8 @@ async fn journey(server: &mut TestServer, browser: &Browser) {
     search_and_links(server, browser, trip_id, &seoyeon.id).await;
     assign_and_cancel(server, browser, trip_id, &seoyeon.id, &mut fleet[0]).await;
     stuck_trip(server, browser, &mut fleet[8]).await;
+
+    browser.no_page_errors().await;
 
     // The server goes away: the page says so instead of showing a frozen map as live.
     let address = server.base.clone();
@@ -662,10 +677,12 @@ async fn search_and_links(server: &TestServer, browser: &Browser, trip_id: &str,
     );
 
     // The link opens the card when the page loads (the token stays in the tab).
+    browser.no_page_errors().await;
     page.goto(&format!("{}/#driver={driver_id}", server.base))
         .await
         .unwrap();
     page.refresh().await.unwrap();
+    browser.run(WATCH_ERRORS).await;
     browser
         .text_of("inspector-title", |text| text.contains(driver_id))
         .await;
