@@ -1837,11 +1837,23 @@
       element('td', {}, [tripLink(offer.trip_id)]),
       element('td', {}, [driverLink(offer.driver_id)]),
       cell(pickup, 'num'),
-      cell(rank, odd.rank ? 'num unusual' : 'num', odd.rank ? 'Not the best-ranked driver' : ''),
+      cell(rank, `num${odd.rank ? ' unusual' : ''}${offer.batch ? ' batched' : ''}`, rankTitle(offer, odd)),
       cell(metres(offer.radius_m), odd.radius ? 'num unusual' : 'num', odd.radius ? 'Found only in a widened search radius' : ''),
     ]);
     if (odd.rank || odd.radius || odd.lapsed) row.classList.add('unusual');
     return row;
+  }
+
+  /// Why a rank reads as it does: not the best-ranked driver, or chosen with other trips
+  /// in a batch (HAIL_MATCHING=batch), where the best for all is not each one's nearest.
+  function rankTitle(offer, odd) {
+    const parts = [];
+    if (odd.rank) parts.push('Not the best-ranked driver');
+    const batch = offer.batch;
+    if (batch && isNumber(batch.size)) {
+      parts.push(`Chosen in a batch of ${batch.size} trip${batch.size === 1 ? '' : 's'} (window ${batch.window_ms} ms, solved in ${batch.solve_us} µs)`);
+    }
+    return parts.join('. ');
   }
 
   /// Offer id → its row, so an outcome redraws the row it closes.
