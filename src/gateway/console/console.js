@@ -6,6 +6,17 @@
 // decoupled from arrival: messages only mark what is dirty, the map is drawn at most once
 // per animation frame and the side panels at most PANELS_EVERY_MS, so a busy fleet costs
 // the same number of frames as a quiet one.
+//
+// Sections, in order: model, messages, scheduling; the map (drawing, optional tiles,
+// legend filters, edge markers for requests off screen, the offline basemap from
+// /basemap.json, supply and demand per district, pointer input); formatting; panels
+// (figures, the dispatch log with one row per offer, open trips); alerts (trips in
+// trouble, by thresholds kept in this browser); cluster; the inspector card and its
+// actions (assign from ranked candidates, cancel, resolve); links (#trip=, #driver=);
+// search; REST; connection; sign-in; settings; start.
+//
+// Endpoints newer than this page's oldest server (search, candidates) fall back to what
+// the page holds when the server answers "route not found".
 'use strict';
 
 (() => {
@@ -21,7 +32,7 @@
   const TERMINAL_TRIPS_KEPT = 200;
   /// Rows in the open-trips list; the count above it is always exact.
   const TRIP_LIST_MAX = 100;
-  /// Drivers offered in the manual-assign list.
+  /// Drivers offered in the manual-assign list when the server cannot rank them.
   const ASSIGN_CHOICES = 12;
   /// Figures arrive every 2 s: this long without any message means the socket is dead
   /// even if the browser has not noticed (a half-open TCP connection never says so).
@@ -34,10 +45,31 @@
   const DETAILED_DRIVERS_MAX = 2_500;
   const TOKEN_KEY = 'hail.operator_token';
   const TILE_KEY = 'hail.tile_template';
+  const SETTINGS_KEY = 'hail.alert_settings';
+  /// Alert thresholds, changeable under Settings and kept in this browser.
+  const DEFAULT_SETTINGS = Object.freeze({ waitS: 60, expiryS: 30, etaMin: 10, confirmKm: 5 });
+  /// hail's own defaults, used until a snapshot brings the server's dispatch policy.
+  const DEFAULT_POLICY = Object.freeze({
+    offer_timeout_ms: 15_000,
+    dispatch_deadline_ms: 120_000,
+    search_radii_m: [3_000, 6_000, 10_000],
+    stale_after_ms: 30_000,
+    driver_lost_after_ms: 90_000,
+    detour_factor: 1.3,
+    urban_speed_mps: 7,
+  });
+  /// Alerts are recomputed at most this often: waits and countdowns move by the second.
+  const ALERTS_EVERY_MS = 1_000;
+  /// Rows in the alert list; the count in the title and the panel is always exact.
+  const ALERTS_SHOWN_MAX = 60;
+  /// District names are drawn from this zoom in; below it they would overlap.
+  const DISTRICT_LABEL_ZOOM = 11;
+  const TITLE = 'hail console';
 
   const OPEN_STATES = new Set(['requested', 'accepted', 'arrived', 'in_progress']);
   const ACTIVE_STATES = new Set(['accepted', 'arrived', 'in_progress']);
-  const CANCELLABLE_STATES = new Set(['requested', 'accepted', 'arrived']);
+  /// An operator may cancel in any active state (a reason is required after pickup).
+  const CANCELLABLE_STATES = OPEN_STATES;
   /// Drawing order: later categories are drawn on top.
   const CATEGORIES = ['offline', 'stale', 'available', 'to_pickup', 'on_trip', 'offered'];
   const CATEGORY_LABEL = {
@@ -46,7 +78,16 @@
     to_pickup: 'heading to pickup',
     on_trip: 'on trip',
     stale: 'stale (no recent ping)',
-    offline: 'offline (not taking rides)',
+    offline: 'not taking rides',
+  };
+  /// What an outcome is called on screen: an offer that "expired" reads like a trip that
+  /// expired, so it is the offer that lapsed.
+  const OUTCOME_LABEL = {
+    made: 'pending',
+    accepted: 'accepted',
+    declined: 'declined',
+    expired: 'offer lapsed',
+    withdrawn: 'withdrawn',
   };
 
   const $ = (id) => document.getElementById(id);
@@ -71,11 +112,16 @@
     drivers: new Map(),
     /** id → trip as the server sent it (+ cached projections `_pickup`, `_dropoff`) */
     trips: new Map(),
-    /** newest first, at most OFFER_LOG_MAX */
+    /** One entry per offer, newest first, at most OFFER_LOG_MAX: the `made` line's ranking
+        inputs with the outcome line merged in (`outcome`, `decided_at`). */
     offers: [],
-    /** offer id → its `made` line, so later lines can show the ranking inputs too */
-    madeOffers: new Map(),
+    /** offer id → its entry in `offers`, so an outcome line finds the row it closes */
+    offersById: new Map(),
     figures: null,
+    policy: DEFAULT_POLICY,
+    /** trip id → {at, reason}: in_progress trips whose driver is lost (snapshot `flags`,
+        then `driver_lost` events), cleared when the trip leaves in_progress */
+    flags: new Map(),
   };
 
   const session = { token: null };
@@ -90,7 +136,11 @@
   /// What the inspector last drew and the ids in the assign list, so a redraw happens
   /// only on change and never swaps an element out from under the pointer.
   let inspectorKey = '';
-  let assignChoices = '';
+  /// The selected driver's card from `GET /v1/ops/drivers/{id}` (name, plate, last ping),
+  /// or `{error}`; refreshed while the card is open.
+  let driverCard = null;
+  /// The assign box's candidates for `tripId`: from the server, or ranked here.
+  const candidates = { tripId: null, list: [], source: '', loading: false, pending: null };
 
   function isNumber(value) {
     return typeof value === 'number' && Number.isFinite(value);
@@ -135,6 +185,7 @@
       state: entry.state,
       tripId: entry.trip_id ?? null,
       connected: entry.connected ?? null,
+      lastPingAt: entry.last_ping_at ?? null,
     };
     place(driver, entry.position?.lat, entry.position?.lng);
     return driver;
@@ -184,22 +235,31 @@
     return trip[key];
   }
 
-  function rememberOffer(offer) {
-    if (offer.outcome === 'made') {
-      model.madeOffers.set(offer.offer_id, offer);
-      // Insertion order is age order: drop the oldest beyond a bound.
-      if (model.madeOffers.size > OFFER_LOG_MAX * 2) {
-        model.madeOffers.delete(model.madeOffers.keys().next().value);
+  /// Merges a log line into its offer's entry: `made` opens an entry, the outcome line
+  /// closes it. Returns the entry and whether it is new (so the log adds a row) or
+  /// changed (so the log redraws that row).
+  function rememberOffer(line) {
+    let entry = model.offersById.get(line.offer_id);
+    if (entry) {
+      if (line.outcome !== 'made') {
+        entry.outcome = line.outcome;
+        entry.decided_at = line.at;
       }
+      return { entry, fresh: false };
     }
-    model.offers.unshift(offer);
-    if (model.offers.length > OFFER_LOG_MAX) model.offers.length = OFFER_LOG_MAX;
+    // An outcome whose `made` line is older than the log kept: a row of its own.
+    entry = { ...line, decided_at: line.outcome === 'made' ? null : line.at };
+    model.offersById.set(entry.offer_id, entry);
+    model.offers.unshift(entry);
+    while (model.offers.length > OFFER_LOG_MAX) model.offersById.delete(model.offers.pop().offer_id);
+    return { entry, fresh: true };
   }
 
   // ---------------------------------------------------------------- messages
 
-  const dirty = { map: false, panels: false, offersRebuild: false, figures: false, prune: false };
+  const dirty = { map: false, panels: false, offersRebuild: false, figures: false, prune: false, alerts: true };
   const pendingOfferRows = [];
+  const changedOfferRows = [];
 
   function receive(message) {
     if (!message || typeof message !== 'object') return;
@@ -213,11 +273,12 @@
       case 'trip_event':
         applyTripEvent(message);
         break;
-      case 'offer':
-        rememberOffer(message);
-        pendingOfferRows.push(message);
+      case 'offer': {
+        const { entry, fresh } = rememberOffer(message);
+        (fresh ? pendingOfferRows : changedOfferRows).push(entry);
         invalidate('panels');
         break;
+      }
       case 'figures':
         model.figures = message.figures ?? model.figures;
         dirty.figures = true;
@@ -241,11 +302,17 @@
     for (const trip of snapshot.trips ?? []) storeTrip(trip);
     pruneTerminalTrips();
     model.offers = [];
-    model.madeOffers.clear();
+    model.offersById.clear();
     pendingOfferRows.length = 0;
+    changedOfferRows.length = 0;
     // The snapshot lists offers oldest first.
     for (const offer of snapshot.offers ?? []) rememberOffer(offer);
     model.figures = snapshot.figures ?? null;
+    model.policy = { ...DEFAULT_POLICY, ...(snapshot.policy ?? {}) };
+    model.flags = new Map();
+    for (const flag of snapshot.flags ?? []) {
+      if (flag && flag.trip_id) model.flags.set(flag.trip_id, { at: flag.at, reason: flag.reason ?? null });
+    }
     if (!view.placed) fitFleet();
     dirty.offersRebuild = true;
     dirty.figures = true;
@@ -275,6 +342,12 @@
 
   function applyTripEvent(event) {
     if (!storeTrip(event.trip)) return;
+    if (event.event === 'driver_lost' && event.trip.state === 'in_progress') {
+      model.flags.set(event.trip_id, { at: event.at, reason: event.reason ?? null });
+    } else if (event.trip.state !== 'in_progress') {
+      model.flags.delete(event.trip_id);
+    }
+    dirty.alerts = true;
     // Finished trips are pruned with the next panel render, not once per event.
     if (!OPEN_STATES.has(event.trip.state)) dirty.prune = true;
     if (selected && selected.kind === 'trip' && selected.id === event.trip_id && timeline.tripId === event.trip_id) {
@@ -353,35 +426,49 @@
     invalidate('map');
   }
 
-  /// Centre on the fleet (or the open requests), else on Seoul.
+  /// The value at fraction `q` of a sorted array.
+  function quantile(sorted, q) {
+    return sorted[Math.min(sorted.length - 1, Math.max(0, Math.round(q * (sorted.length - 1))))];
+  }
+
+  /// Frames the bulk of the fleet and the open requests: the 2nd to 98th percentile of
+  /// their positions, so one far outlier does not shrink the city to a dot. Seoul when
+  /// there is nothing to show.
   function fitFleet() {
-    let minX = Infinity;
-    let maxX = -Infinity;
-    let minY = Infinity;
-    let maxY = -Infinity;
-    const take = (x, y) => {
-      if (x < minX) minX = x;
-      if (x > maxX) maxX = x;
-      if (y < minY) minY = y;
-      if (y > maxY) maxY = y;
-    };
-    for (const driver of model.drivers.values()) if (isNumber(driver.x)) take(driver.x, driver.y);
+    const xs = [];
+    const ys = [];
+    for (const driver of model.drivers.values()) {
+      if (isNumber(driver.x)) {
+        xs.push(driver.x);
+        ys.push(driver.y);
+      }
+    }
     for (const trip of model.trips.values()) {
-      if (OPEN_STATES.has(trip.state) && tripPoints(trip)._pickup) take(trip._pickup.x, trip._pickup.y);
+      if (OPEN_STATES.has(trip.state) && tripPoints(trip)._pickup) {
+        xs.push(trip._pickup.x);
+        ys.push(trip._pickup.y);
+      }
     }
     view.placed = true;
-    if (minX === Infinity) {
+    if (!xs.length) {
       centreOn(SEOUL.lat, SEOUL.lng, 12);
-    } else {
-      view.cx = (minX + maxX) / 2;
-      view.cy = (minY + maxY) / 2;
-      const width = Math.max(view.width, 320) * 0.8;
-      const height = Math.max(view.height, 240) * 0.8;
-      const spanX = Math.max(maxX - minX, 1e-9);
-      const spanY = Math.max(maxY - minY, 1e-9);
-      const zoom = Math.log2(Math.min(width / (spanX * TILE_PX), height / (spanY * TILE_PX)));
-      view.zoom = Math.min(15, Math.max(ZOOM_MIN, zoom));
+      invalidate('map');
+      return;
     }
+    xs.sort((a, b) => a - b);
+    ys.sort((a, b) => a - b);
+    // Below 20 points each one counts; percentiles would drop real drivers.
+    const low = xs.length >= 20 ? 0.02 : 0;
+    const [minX, maxX] = [quantile(xs, low), quantile(xs, 1 - low)];
+    const [minY, maxY] = [quantile(ys, low), quantile(ys, 1 - low)];
+    view.cx = (minX + maxX) / 2;
+    view.cy = (minY + maxY) / 2;
+    const width = Math.max(view.width, 320) * 0.8;
+    const height = Math.max(view.height, 240) * 0.8;
+    const spanX = Math.max(maxX - minX, 1e-9);
+    const spanY = Math.max(maxY - minY, 1e-9);
+    const zoom = Math.log2(Math.min(width / (spanX * TILE_PX), height / (spanY * TILE_PX)));
+    view.zoom = Math.min(15, Math.max(ZOOM_MIN, zoom));
     invalidate('map');
   }
 
@@ -411,10 +498,15 @@
     const offsetX = width / 2 - view.cx * scale;
     const offsetY = height / 2 - view.cy * scale;
     const tiled = drawTiles(scale, offsetX, offsetY);
-    const gridLabels = drawGrid(scale, tiled);
+    drawBasemap(scale, offsetX, offsetY, tiled);
+    if (zones.on) drawZones(scale, offsetX, offsetY);
+    const gridLabels = drawGrid(scale, tiled || basemap.features.length > 0);
+    drawAlertHalos(scale, offsetX, offsetY);
     drawTrips(scale, offsetX, offsetY);
     drawDrivers(scale, offsetX, offsetY);
     drawSelection(scale, offsetX, offsetY);
+    drawDistrictLabels(scale, offsetX, offsetY);
+    drawEdgeMarkers();
     // Labels last, haloed, so a dense fleet cannot hide where on Earth this is.
     context.font = '11px system-ui, "Liberation Sans", "DejaVu Sans", sans-serif';
     context.lineWidth = 3;
@@ -438,7 +530,9 @@
       const sy = driver.y * scale + offsetY;
       // NaN (no position yet) fails both comparisons and is skipped too.
       if (!(sx >= -6 && sx <= width + 6 && sy >= -6 && sy <= height + 6)) continue;
-      const points = scratch[category(driver)];
+      const kind = category(driver);
+      if (hiddenKinds.has(kind)) continue;
+      const points = scratch[kind];
       points.push(sx, sy);
       visible += 1;
     }
@@ -524,14 +618,16 @@
     const requests = [];
     const toPickup = [];
     const onTrip = [];
+    edgeMarkers.clear();
     for (const trip of model.trips.values()) {
-      if (!OPEN_STATES.has(trip.state)) continue;
+      if (!OPEN_STATES.has(trip.state) || hiddenKinds.has(tripKind(trip))) continue;
       tripPoints(trip);
       if (!trip._pickup) continue;
       const px = trip._pickup.x * scale + offsetX;
       const py = trip._pickup.y * scale + offsetY;
       if (trip.state === 'requested') {
         if (inView(px, py)) requests.push(px, py);
+        else markOffScreen(px, py);
         continue;
       }
       if (!trip._dropoff) continue;
@@ -705,6 +801,9 @@
 
   let tileTemplate = '';
   const tiles = new Map();
+  /// Tiles loaded and failed since the template was set: a layer whose every tile fails
+  /// says "failing", not "on".
+  const tileCounts = { loaded: 0, failed: 0 };
 
   function validTileTemplate(text) {
     return /^(https?:\/\/|\/)/.test(text) && ['{z}', '{x}', '{y}'].every((part) => text.includes(part));
@@ -725,7 +824,15 @@
     }
     image = new Image();
     image.decoding = 'async';
-    image.onload = () => invalidate('map');
+    image.onload = () => {
+      tileCounts.loaded += 1;
+      renderTileStatus();
+      invalidate('map');
+    };
+    image.onerror = () => {
+      tileCounts.failed += 1;
+      renderTileStatus();
+    };
     image.src = url;
     tiles.set(url, image);
     while (tiles.size > TILE_CACHE_MAX) tiles.delete(tiles.keys().next().value);
@@ -756,9 +863,37 @@
     return true;
   }
 
+  function renderTileStatus() {
+    const node = $('tile-status');
+    let state = 'off';
+    let text = 'off';
+    if (tileTemplate) {
+      const { loaded, failed } = tileCounts;
+      if (loaded === 0 && failed > 0) {
+        state = 'failing';
+        text = `failing: all ${integer.format(failed)} tiles failed to load — check the URL or the network`;
+      } else if (loaded === 0) {
+        state = 'loading';
+        text = 'loading…';
+      } else {
+        state = 'on';
+        text = failed ? `on · ${integer.format(failed)} of ${integer.format(loaded + failed)} tiles failed` : 'on';
+      }
+    }
+    if (node.textContent !== text) node.textContent = text;
+    node.dataset.state = state;
+    const attribution = $('tile-attribution');
+    attribution.classList.toggle('failing', state === 'failing');
+    if (tileTemplate) attribution.textContent = `tiles: ${tileSource}${state === 'failing' ? ' (failing)' : ''}`;
+  }
+
+  let tileSource = '';
+
   function setTileTemplate(text) {
     tileTemplate = text;
     tiles.clear();
+    tileCounts.loaded = 0;
+    tileCounts.failed = 0;
     const attribution = $('tile-attribution');
     if (text) {
       let source = text;
@@ -767,13 +902,493 @@
       } catch {
         // Shown as typed.
       }
-      attribution.textContent = `tiles: ${source}`;
+      tileSource = source;
       attribution.hidden = false;
     } else {
       attribution.hidden = true;
     }
+    renderTileStatus();
     invalidate('map');
   }
+
+
+  // ---------------------------------------------------------------- legend filters
+
+  /// Driver categories and trip kinds ('request', 'to_pickup', 'on_trip') hidden from the
+  /// map and the lists by clicking their legend entry.
+  const hiddenKinds = new Set();
+
+  /// Which legend entry a trip falls under.
+  function tripKind(trip) {
+    if (trip.state === 'requested') return 'request';
+    return trip.state === 'in_progress' ? 'on_trip' : 'to_pickup';
+  }
+
+  function renderLegend() {
+    for (const button of document.querySelectorAll('#legend button[data-filter]')) {
+      const shown = !hiddenKinds.has(button.dataset.filter);
+      button.setAttribute('aria-pressed', String(shown));
+      button.title = shown ? 'Shown: click to hide these from the map and the lists' : 'Hidden: click to show';
+    }
+  }
+
+  $('legend').addEventListener('click', (event) => {
+    const button = event.target.closest('button[data-filter]');
+    if (!button) return;
+    const kind = button.dataset.filter;
+    if (hiddenKinds.has(kind)) hiddenKinds.delete(kind);
+    else hiddenKinds.add(kind);
+    renderLegend();
+    invalidate('map', 'panels');
+  });
+
+  // ---------------------------------------------------------------- edge markers
+
+  /// Open requests off screen, binned along the border: key → {x, y, count}, where x, y
+  /// is where the border meets the line from the centre towards them.
+  const edgeMarkers = new Map();
+  const EDGE_INSET_PX = 16;
+  const EDGE_BIN_PX = 56;
+
+  function markOffScreen(px, py) {
+    const { width, height } = view;
+    const cx = width / 2;
+    const cy = height / 2;
+    const dx = px - cx;
+    const dy = py - cy;
+    if (!isNumber(dx) || !isNumber(dy)) return;
+    // Scale the direction until it meets the inset rectangle.
+    const limitX = cx - EDGE_INSET_PX;
+    const limitY = cy - EDGE_INSET_PX;
+    const t = Math.min(dx ? limitX / Math.abs(dx) : Infinity, dy ? limitY / Math.abs(dy) : Infinity);
+    const x = cx + dx * t;
+    const y = cy + dy * t;
+    const key = `${Math.round(x / EDGE_BIN_PX)}:${Math.round(y / EDGE_BIN_PX)}`;
+    const bin = edgeMarkers.get(key);
+    if (bin) {
+      bin.count += 1;
+    } else {
+      edgeMarkers.set(key, { x, y, angle: Math.atan2(dy, dx), count: 1 });
+    }
+  }
+
+  /// An arrow at the border for each bin, pointing at the requests, with their count.
+  function drawEdgeMarkers() {
+    for (const { x, y, angle, count } of edgeMarkers.values()) {
+      context.save();
+      context.translate(x, y);
+      context.rotate(angle);
+      context.beginPath();
+      context.moveTo(10, 0);
+      context.lineTo(-6, -8);
+      context.lineTo(-6, 8);
+      context.closePath();
+      context.fillStyle = COLOURS.request;
+      context.strokeStyle = '#ffffff';
+      context.lineWidth = 2;
+      context.stroke();
+      context.fill();
+      context.restore();
+      const text = count > 1 ? String(count) : '1';
+      context.font = '600 11px system-ui, "Liberation Sans", "DejaVu Sans", sans-serif';
+      const lx = x - Math.cos(angle) * 18;
+      const ly = y - Math.sin(angle) * 18 + 4;
+      context.textAlign = 'center';
+      context.lineWidth = 3;
+      context.strokeStyle = 'rgba(255,255,255,0.95)';
+      context.strokeText(text, lx, ly);
+      context.fillStyle = COLOURS.request;
+      context.fillText(text, lx, ly);
+      context.textAlign = 'start';
+    }
+    canvas.dataset.edgeMarkers = String(edgeMarkers.size);
+  }
+
+  /// An orange ring under each trip in trouble, so the map shows what the alert list says.
+  function drawAlertHalos(scale, offsetX, offsetY) {
+    if (!alerts.list.length) return;
+    context.lineWidth = 3;
+    context.strokeStyle = 'rgba(224,123,18,0.85)';
+    context.fillStyle = 'rgba(224,123,18,0.16)';
+    context.beginPath();
+    for (const alert of alerts.list) {
+      const trip = model.trips.get(alert.tripId);
+      if (!trip || hiddenKinds.has(tripKind(trip))) continue;
+      const point = alertPoint(trip);
+      if (!point) continue;
+      const sx = point.x * scale + offsetX;
+      const sy = point.y * scale + offsetY;
+      if (sx < -20 || sy < -20 || sx > view.width + 20 || sy > view.height + 20) continue;
+      context.moveTo(sx + 13, sy);
+      context.arc(sx, sy, 13, 0, 2 * Math.PI);
+    }
+    context.fill();
+    context.stroke();
+  }
+
+  /// Where a trip in trouble is: its driver once it has one (that is where the trouble
+  /// is), else its pickup.
+  function alertPoint(trip) {
+    const driver = trip.driver_id ? model.drivers.get(trip.driver_id) : null;
+    if (driver && isNumber(driver.x) && trip.state !== 'requested') return driver;
+    return tripPoints(trip)._pickup;
+  }
+
+  // ---------------------------------------------------------------- basemap
+
+  /// The offline city from `/basemap.json` (GeoJSON, served by hail): features projected
+  /// once to world coordinates, each with a bounding box so a frame skips what is off
+  /// screen. Drawn in KIND_ORDER; kinds not listed are drawn as thin lines after roads.
+  const basemap = { state: 'idle', features: [], districts: [], attribution: '' };
+  const KIND_ORDER = ['land', 'district', 'park', 'water', 'coast', 'river', 'road'];
+  const KIND_STYLE = {
+    land: { fill: '#f8f7f3', stroke: 'rgba(150,140,125,0.55)', width: 1.2 },
+    district: { fill: 'rgba(255,255,255,0.35)', stroke: 'rgba(120,112,98,0.7)', width: 1.2, dash: [5, 3] },
+    park: { fill: 'rgba(168,201,150,0.45)' },
+    water: { fill: '#b9d3e6', stroke: '#9fc1da', width: 1 },
+    coast: { fill: '#c6dbea', stroke: '#8fb3cf', width: 1.5 },
+    river: { fill: '#b9d3e6', stroke: '#a9c9e2', width: 3 },
+    road: { stroke: 'rgba(255,255,255,0.95)', casing: 'rgba(190,182,168,0.9)', width: 2 },
+    other: { stroke: 'rgba(140,132,118,0.6)', width: 1 },
+  };
+
+  function projectRing(ring) {
+    const points = new Float64Array(ring.length * 2);
+    let minX = Infinity;
+    let minY = Infinity;
+    let maxX = -Infinity;
+    let maxY = -Infinity;
+    let n = 0;
+    for (const coordinate of ring) {
+      if (!Array.isArray(coordinate) || !isNumber(coordinate[0]) || !isNumber(coordinate[1])) continue;
+      const { x, y } = project(coordinate[1], coordinate[0]);
+      points[n++] = x;
+      points[n++] = y;
+      if (x < minX) minX = x;
+      if (x > maxX) maxX = x;
+      if (y < minY) minY = y;
+      if (y > maxY) maxY = y;
+    }
+    return { points: points.subarray(0, n), minX, minY, maxX, maxY };
+  }
+
+  /// One GeoJSON feature as {kind, name, area (rings) | line (rings), box}.
+  function basemapFeature(feature) {
+    const geometry = feature?.geometry;
+    if (!geometry || !Array.isArray(geometry.coordinates)) return null;
+    const kind = String(feature.properties?.kind ?? 'other');
+    const name = feature.properties?.name ?? feature.properties?.name_en ?? null;
+    const label = feature.properties?.label;
+    let rings;
+    let area;
+    switch (geometry.type) {
+      case 'Polygon': rings = geometry.coordinates; area = true; break;
+      case 'MultiPolygon': rings = geometry.coordinates.flat(); area = true; break;
+      case 'LineString': rings = [geometry.coordinates]; area = false; break;
+      case 'MultiLineString': rings = geometry.coordinates; area = false; break;
+      default: return null;
+    }
+    const projected = rings.filter(Array.isArray).map(projectRing).filter((ring) => ring.points.length >= 4);
+    if (!projected.length) return null;
+    const box = {
+      minX: Math.min(...projected.map((r) => r.minX)),
+      minY: Math.min(...projected.map((r) => r.minY)),
+      maxX: Math.max(...projected.map((r) => r.maxX)),
+      maxY: Math.max(...projected.map((r) => r.maxY)),
+    };
+    // Polygons as GeoJSON lists them: outer ring, then holes. Even-odd filling draws both.
+    const outer = area ? (geometry.type === 'Polygon' ? [geometry.coordinates[0]] : geometry.coordinates.map((p) => p[0])) : [];
+    // The file's own label point (inside the district) beats a computed centroid.
+    const labelAt = Array.isArray(label) && isNumber(label[0]) && isNumber(label[1]) ? project(label[1], label[0]) : null;
+    return { kind, name, area, rings: projected, box, outer: outer.filter(Array.isArray).map(projectRing), labelAt, stats: null };
+  }
+
+  async function loadBasemap() {
+    if (basemap.state !== 'idle') return;
+    basemap.state = 'loading';
+    let collection;
+    try {
+      const response = await fetch('/basemap.json');
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      collection = await response.json();
+    } catch (error) {
+      // The grid and scale bar still say where things are; the console works without it.
+      basemap.state = 'missing';
+      canvas.dataset.basemap = 'missing';
+      console.info('hail console: no offline basemap', String(error));
+      return;
+    }
+    const features = (Array.isArray(collection?.features) ? collection.features : []).map(basemapFeature).filter(Boolean);
+    const rank = (kind) => {
+      const index = KIND_ORDER.indexOf(kind);
+      return index === -1 ? KIND_ORDER.length : index;
+    };
+    features.sort((a, b) => rank(a.kind) - rank(b.kind));
+    basemap.features = features;
+    basemap.districts = features.filter((f) => f.kind === 'district' && f.area);
+    for (const district of basemap.districts) district.labelAt = district.labelAt ?? labelPoint(district);
+    basemap.attribution = typeof collection.attribution === 'string' ? collection.attribution : '';
+    const credit = $('basemap-attribution');
+    credit.textContent = basemap.attribution ? `Map: ${basemap.attribution}` : '';
+    credit.title = basemap.attribution;
+    credit.hidden = !basemap.attribution;
+    basemap.state = 'ready';
+    canvas.dataset.basemap = 'ready';
+    canvas.dataset.basemapKinds = [...new Set(features.map((f) => f.kind))].join(',');
+    districtCache.clear();
+    dirty.zones = true;
+    invalidate('map', 'panels');
+  }
+
+  /// The centroid of a district's largest outer ring (area-weighted), which for the
+  /// shapes of city districts falls inside them.
+  function labelPoint(feature) {
+    let best = null;
+    let bestArea = 0;
+    for (const ring of feature.outer) {
+      const p = ring.points;
+      let area = 0;
+      let x = 0;
+      let y = 0;
+      for (let i = 0; i < p.length; i += 2) {
+        const j = (i + 2) % p.length;
+        const cross = p[i] * p[j + 1] - p[j] * p[i + 1];
+        area += cross;
+        x += (p[i] + p[j]) * cross;
+        y += (p[i + 1] + p[j + 1]) * cross;
+      }
+      if (Math.abs(area) > bestArea) {
+        bestArea = Math.abs(area);
+        best = { x: x / (3 * area), y: y / (3 * area) };
+      }
+    }
+    return best ?? { x: (feature.box.minX + feature.box.maxX) / 2, y: (feature.box.minY + feature.box.maxY) / 2 };
+  }
+
+  function traceRings(feature, scale, offsetX, offsetY, close) {
+    for (const ring of feature.rings) {
+      const p = ring.points;
+      context.moveTo(p[0] * scale + offsetX, p[1] * scale + offsetY);
+      for (let i = 2; i < p.length; i += 2) context.lineTo(p[i] * scale + offsetX, p[i + 1] * scale + offsetY);
+      if (close) context.closePath();
+    }
+  }
+
+  function drawBasemap(scale, offsetX, offsetY, tiled) {
+    if (!basemap.features.length) return;
+    const topLeft = toWorld(0, 0);
+    const bottomRight = toWorld(view.width, view.height);
+    const onScreen = (box) => box.maxX >= topLeft.x && box.minX <= bottomRight.x && box.maxY >= topLeft.y && box.minY <= bottomRight.y;
+    // Over raster tiles the basemap keeps only its lines: the tiles have the colours.
+    context.globalAlpha = tiled ? 0.5 : 1;
+    const roadWidth = Math.max(0.6, Math.min(5, (view.zoom - 9) * 0.9));
+    // The Han is about 1 km wide: drawn to scale, at least 3 px.
+    const centre = unproject(view.cx, view.cy);
+    const metresPerPixel = (Math.cos((centre.lat * Math.PI) / 180) * EQUATOR_M) / scale;
+    const riverWidth = Math.max(3, Math.min(60, 900 / metresPerPixel));
+    let kind = null;
+    let batch = [];
+    const flush = () => {
+      if (batch.length) drawKind(kind, batch, scale, offsetX, offsetY, tiled, { road: roadWidth, river: riverWidth });
+      batch = [];
+    };
+    for (const feature of basemap.features) {
+      if (!onScreen(feature.box)) continue;
+      if (feature.kind !== kind) {
+        flush();
+        kind = feature.kind;
+      }
+      batch.push(feature);
+    }
+    flush();
+    context.globalAlpha = 1;
+    context.setLineDash([]);
+  }
+
+  /// One kind in as few canvas calls as its style allows: one path for its areas, one
+  /// for its lines.
+  function drawKind(kind, features, scale, offsetX, offsetY, tiled, widths) {
+    const style = KIND_STYLE[kind] ?? KIND_STYLE.other;
+    const areas = features.filter((f) => f.area);
+    const lines = features.filter((f) => !f.area);
+    if (areas.length) {
+      context.beginPath();
+      for (const feature of areas) traceRings(feature, scale, offsetX, offsetY, true);
+      if (style.fill && !tiled) {
+        context.fillStyle = style.fill;
+        context.fill('evenodd');
+      }
+      if (style.stroke) {
+        context.setLineDash(style.dash ?? []);
+        context.strokeStyle = style.stroke;
+        context.lineWidth = style.width ?? 1;
+        context.stroke();
+        context.setLineDash([]);
+      }
+    }
+    if (lines.length) {
+      context.beginPath();
+      for (const feature of lines) traceRings(feature, scale, offsetX, offsetY, false);
+      context.lineJoin = 'round';
+      context.lineCap = 'round';
+      const width = widths[kind] ?? style.width ?? 1;
+      if (style.casing) {
+        context.strokeStyle = style.casing;
+        context.lineWidth = width + 1.5;
+        context.stroke();
+      }
+      context.strokeStyle = style.stroke ?? KIND_STYLE.other.stroke;
+      context.lineWidth = width;
+      context.stroke();
+      context.lineJoin = 'miter';
+      context.lineCap = 'butt';
+    }
+  }
+
+  /// District names (and, with the zones layer, their supply : demand) where there is
+  /// room: from DISTRICT_LABEL_ZOOM in, or always with the zones layer on. A label that
+  /// would overlap one already drawn is left out rather than drawn as a smudge.
+  function drawDistrictLabels(scale, offsetX, offsetY) {
+    if (!basemap.districts.length || (view.zoom < DISTRICT_LABEL_ZOOM && !zones.on)) return;
+    const taken = [];
+    const fits = (x, y, width, height) => {
+      const box = { left: x - width / 2 - 2, right: x + width / 2 + 2, top: y - height, bottom: y + 2 };
+      if (taken.some((t) => box.left < t.right && box.right > t.left && box.top < t.bottom && box.bottom > t.top)) return false;
+      taken.push(box);
+      return true;
+    };
+    const write = (text, x, y, font, fill) => {
+      context.font = font;
+      if (!fits(x, y, context.measureText(text).width, 12)) return;
+      context.strokeStyle = 'rgba(255,255,255,0.9)';
+      context.fillStyle = fill;
+      context.strokeText(text, x, y);
+      context.fillText(text, x, y);
+    };
+    context.textAlign = 'center';
+    context.lineWidth = 3;
+    for (const district of basemap.districts) {
+      const x = district.labelAt.x * scale + offsetX;
+      const y = district.labelAt.y * scale + offsetY;
+      if (x < -60 || y < -20 || x > view.width + 60 || y > view.height + 20) continue;
+      // The figures first: with the zones layer on they are what the operator looks for.
+      if (zones.on && district.stats && (district.stats.available || district.stats.waiting)) {
+        write(`${district.stats.available} : ${district.stats.waiting}`, x, y + 14, '700 12px system-ui, "Liberation Sans", "DejaVu Sans", sans-serif', COLOURS.ink);
+      }
+      if (district.name && view.zoom >= DISTRICT_LABEL_ZOOM) {
+        write(district.name, x, y, '600 11px system-ui, "Liberation Sans", "DejaVu Sans", sans-serif', 'rgba(92,86,76,0.9)');
+      }
+    }
+    context.textAlign = 'start';
+  }
+
+  /// Whether world point (x, y) is inside a feature's area (even-odd over every ring, so
+  /// holes are out).
+  function insideArea(feature, x, y) {
+    const { box } = feature;
+    if (x < box.minX || x > box.maxX || y < box.minY || y > box.maxY) return false;
+    let inside = false;
+    for (const ring of feature.rings) {
+      if (x < ring.minX || x > ring.maxX || y < ring.minY || y > ring.maxY) continue;
+      const p = ring.points;
+      for (let i = 0, j = p.length - 2; i < p.length; j = i, i += 2) {
+        const yi = p[i + 1];
+        const yj = p[j + 1];
+        if ((yi > y) !== (yj > y) && x < ((p[j] - p[i]) * (y - yi)) / (yj - yi) + p[i]) inside = !inside;
+      }
+    }
+    return inside;
+  }
+
+  /// Point → district, memoised on a ~100 m grid: 50,000 drivers fall in far fewer cells,
+  /// so each polygon test runs once per cell, not once per driver and frame.
+  const districtCache = new Map();
+  const DISTRICT_CACHE_MAX = 200_000;
+
+  function districtAt(lat, lng) {
+    if (!basemap.districts.length || !isNumber(lat) || !isNumber(lng)) return null;
+    const key = `${Math.round(lat * 1000)}:${Math.round(lng * 1000)}`;
+    let district = districtCache.get(key);
+    if (district === undefined) {
+      const { x, y } = project(lat, lng);
+      district = basemap.districts.find((d) => insideArea(d, x, y)) ?? null;
+      if (districtCache.size >= DISTRICT_CACHE_MAX) districtCache.clear();
+      districtCache.set(key, district);
+    }
+    return district;
+  }
+
+  /// A place as an operator says it: the district if the basemap has one, and the
+  /// position to about 10 m.
+  function placeName(point) {
+    if (!point || !isNumber(point.lat) || !isNumber(point.lng)) return 'unknown';
+    const district = districtAt(point.lat, point.lng);
+    const rounded = `${point.lat.toFixed(4)}, ${point.lng.toFixed(4)}`;
+    return district?.name ? `${district.name} (${rounded})` : rounded;
+  }
+
+  // ---------------------------------------------------------------- zones (supply and demand)
+
+  /// Per district: available drivers against waiting requests. Counted at most every
+  /// ZONES_EVERY_MS while the layer is on.
+  const zones = { on: false, countedAt: 0 };
+  const ZONES_EVERY_MS = 2_000;
+
+  function countZones() {
+    for (const district of basemap.districts) district.stats = { available: 0, waiting: 0 };
+    for (const driver of model.drivers.values()) {
+      if (driver.state !== 'available') continue;
+      const district = districtAt(driver.lat, driver.lng);
+      if (district) district.stats.available += 1;
+    }
+    for (const trip of model.trips.values()) {
+      if (trip.state !== 'requested') continue;
+      const district = districtAt(trip.pickup?.lat, trip.pickup?.lng);
+      if (district) district.stats.waiting += 1;
+    }
+    zones.countedAt = Date.now();
+  }
+
+  /// Red where requests outnumber available drivers, amber where they are about even,
+  /// green where drivers are plenty; the stronger, the larger the gap.
+  function zoneFill({ available, waiting }) {
+    if (!available && !waiting) return null;
+    if (!waiting) return 'rgba(46,158,91,0.18)';
+    const ratio = available / waiting;
+    if (ratio < 1) return `rgba(209,73,91,${(0.25 + 0.35 * (1 - ratio)).toFixed(2)})`;
+    if (ratio < 2) return 'rgba(227,154,18,0.3)';
+    return 'rgba(46,158,91,0.3)';
+  }
+
+  function drawZones(scale, offsetX, offsetY) {
+    if (!basemap.districts.length) return;
+    if (Date.now() - zones.countedAt >= ZONES_EVERY_MS || dirty.zones) {
+      dirty.zones = false;
+      countZones();
+    }
+    for (const district of basemap.districts) {
+      const fill = district.stats && zoneFill(district.stats);
+      if (!fill) continue;
+      context.beginPath();
+      traceRings(district, scale, offsetX, offsetY, true);
+      context.fillStyle = fill;
+      context.fill('evenodd');
+    }
+  }
+
+  function setZones(on) {
+    if (on && basemap.state !== 'ready') {
+      showBanner('Zones need the offline basemap (/basemap.json), which this server does not have.', 'error', 8_000);
+      on = false;
+    }
+    zones.on = on;
+    zones.countedAt = 0;
+    $('zones-toggle').setAttribute('aria-pressed', String(on));
+    $('zones-key').hidden = !on;
+    invalidate('map');
+  }
+
+  $('zones-toggle').addEventListener('click', () => setZones(!zones.on));
 
   // ---------------------------------------------------------------- map input
 
@@ -826,7 +1441,48 @@
   canvas.addEventListener('pointercancel', endPointer);
   canvas.addEventListener('pointerleave', () => {
     $('cursor').textContent = '';
+    $('tooltip').hidden = true;
   });
+
+  /// The tooltip follows the pointer at most once a frame: a hit test walks the fleet.
+  let hoverAt = null;
+  canvas.addEventListener('pointermove', (event) => {
+    if (pointer.dragged) {
+      $('tooltip').hidden = true;
+      return;
+    }
+    const first = hoverAt === null;
+    hoverAt = canvasPoint(event);
+    if (first) requestAnimationFrame(showTooltip);
+  });
+
+  function showTooltip() {
+    const at = hoverAt;
+    hoverAt = null;
+    const tip = $('tooltip');
+    const hit = at && hitTest(at.x, at.y);
+    if (!hit) {
+      tip.hidden = true;
+      return;
+    }
+    tip.textContent = hoverText(hit);
+    tip.hidden = false;
+    // Beside the pointer, flipped to stay inside the map.
+    const left = at.x + 14 + tip.offsetWidth > view.width ? at.x - 14 - tip.offsetWidth : at.x + 14;
+    tip.style.left = `${Math.max(0, left)}px`;
+    tip.style.top = `${Math.max(0, at.y - 28)}px`;
+  }
+
+  function hoverText(hit) {
+    if (hit.kind === 'driver') {
+      const driver = model.drivers.get(hit.id);
+      return `driver ${hit.id} · ${driver ? CATEGORY_LABEL[category(driver)] : 'gone'}`;
+    }
+    const trip = model.trips.get(hit.id);
+    const alert = alerts.byTrip.get(hit.id);
+    const state = trip ? words(trip.state) : 'unknown';
+    return `trip ${hit.id} · ${state}${alert ? ` · ${alert.label}` : ''}`;
+  }
 
   canvas.addEventListener('wheel', (event) => {
     event.preventDefault();
@@ -855,6 +1511,8 @@
       zoomAt(view.width / 2, view.height / 2, view.zoom - 1);
     } else if (event.key === 'f') {
       fitFleet();
+    } else if (event.key === 'z') {
+      setZones(!zones.on);
     } else {
       return;
     }
@@ -884,12 +1542,13 @@
     for (const trip of model.trips.values()) {
       if (!OPEN_STATES.has(trip.state)) continue;
       tripPoints(trip);
+      if (hiddenKinds.has(tripKind(trip))) continue;
       if (trip._pickup && trip.state === 'requested') consider(trip._pickup.x, trip._pickup.y, 'trip', trip.id, 0);
       if (trip._dropoff && ACTIVE_STATES.has(trip.state)) consider(trip._dropoff.x, trip._dropoff.y, 'trip', trip.id, 0);
     }
     // A driver sitting on a pickup wins only if clearly nearer to the click.
     for (const driver of model.drivers.values()) {
-      if (isNumber(driver.x)) consider(driver.x, driver.y, 'driver', driver.id, 9);
+      if (isNumber(driver.x) && !hiddenKinds.has(category(driver))) consider(driver.x, driver.y, 'driver', driver.id, 9);
     }
     return best;
   }
@@ -922,6 +1581,12 @@
     if (ms < 60_000) return `${Math.max(0, Math.round(ms / 1000))} s`;
     if (ms < 3_600_000) return `${Math.floor(ms / 60_000)} min`;
     return `${Math.floor(ms / 3_600_000)} h ${Math.floor((ms % 3_600_000) / 60_000)} min`;
+  }
+
+  /// A duration for a narrow column: "42 s", "3 min".
+  function shortDuration(value) {
+    if (!isNumber(value)) return '—';
+    return value < 90 ? `${Math.round(value)} s` : `${Math.round(value / 60)} min`;
   }
 
   function money(value) {
@@ -972,6 +1637,12 @@
       dirty.prune = false;
       pruneTerminalTrips();
     }
+    if (dirty.alerts || Date.now() - alerts.computedAt >= ALERTS_EVERY_MS) {
+      dirty.alerts = false;
+      computeAlerts(Date.now());
+      renderAlerts();
+      invalidate('map');
+    }
     renderStats();
     if (dirty.figures) {
       dirty.figures = false;
@@ -1001,6 +1672,7 @@
     $('stat-offered').textContent = integer.format(counts.offered);
     $('stat-stale').textContent = integer.format(counts.stale);
     $('stat-offline').textContent = integer.format(counts.offline);
+    $('stat-alerts').textContent = integer.format(alerts.list.length);
   }
 
   function renderFigures() {
@@ -1043,7 +1715,9 @@
       completed[index] = entry.completed ?? 0;
       lost[index] = (entry.cancelled ?? 0) + (entry.expired ?? 0);
     }
-    const peak = Math.max(1, ...requested, ...completed, ...lost);
+    const elapsedNow = Math.max(0.2, Math.min(1, (Date.now() - end) / minute));
+    const peak = Math.max(1, ...requested, ...completed, ...lost,
+      requested[29] / elapsedNow, completed[29] / elapsedNow, lost[29] / elapsedNow);
     const magnitude = 10 ** Math.floor(Math.log10(peak));
     const ceiling = [1, 2, 5, 10].map((m) => m * magnitude).find((m) => m >= peak);
     const slot = (width - left) / 30;
@@ -1065,11 +1739,36 @@
     g.textAlign = 'left';
     g.fillText('−30 min', left, height - 3);
     g.textAlign = 'right';
-    g.fillText('now', width, height - 3);
+    g.fillText('now (so far)', width, height - 3);
     g.textAlign = 'start';
+    // The current minute is not over: its counts are drawn at the pace so far (count ÷
+    // elapsed fraction, hatched and dashed), not as a plunge. Early in a minute the pace is
+    // noise, so the fraction counts as at least a fifth.
+    const elapsed = Math.max(0.2, Math.min(1, (Date.now() - end) / minute));
+    const pace = (value) => value / elapsed;
+    const current = 29;
+    const xCurrent = left + current * slot;
+    g.fillStyle = 'rgba(47,95,138,0.06)';
+    g.fillRect(xCurrent, top, slot, bottom - top);
     g.fillStyle = COLOURS['trend-requested'];
-    for (let i = 0; i < 30; i += 1) {
+    for (let i = 0; i < current; i += 1) {
       if (requested[i]) g.fillRect(left + i * slot + 1, yOf(requested[i]), Math.max(1, slot - 2), bottom - yOf(requested[i]));
+    }
+    if (requested[current]) {
+      const y = yOf(pace(requested[current]));
+      g.save();
+      g.beginPath();
+      g.rect(xCurrent + 1, y, Math.max(1, slot - 2), bottom - y);
+      g.clip();
+      g.strokeStyle = COLOURS['trend-requested'];
+      g.lineWidth = 1.5;
+      g.beginPath();
+      for (let d = -height; d < slot + height; d += 4) {
+        g.moveTo(xCurrent + d, bottom);
+        g.lineTo(xCurrent + d + height, bottom - height);
+      }
+      g.stroke();
+      g.restore();
     }
     for (const [series, name] of [[lost, 'trend-lost'], [completed, 'trend-completed']]) {
       // A flat line at zero would read as data; an empty chart says "nothing yet".
@@ -1077,46 +1776,139 @@
       g.strokeStyle = COLOURS[name];
       g.lineWidth = 2;
       g.beginPath();
-      for (let i = 0; i < 30; i += 1) {
-        const x = left + i * slot + slot / 2;
-        if (i === 0) g.moveTo(x, yOf(series[i]));
-        else g.lineTo(x, yOf(series[i]));
+      const x = (i) => left + i * slot + slot / 2;
+      for (let i = 0; i < current; i += 1) {
+        if (i === 0) g.moveTo(x(i), yOf(series[i]));
+        else g.lineTo(x(i), yOf(series[i]));
       }
       g.stroke();
+      g.setLineDash([3, 3]);
+      g.beginPath();
+      g.moveTo(x(current - 1), yOf(series[current - 1]));
+      g.lineTo(x(current), yOf(pace(series[current])));
+      g.stroke();
+      g.setLineDash([]);
     }
   }
 
+  /// What makes an offer worth a second look: not the best-ranked driver, a search
+  /// radius wider than the first, or a driver who let it lapse.
+  function unusual(offer) {
+    const firstRadius = model.policy.search_radii_m?.[0] ?? DEFAULT_POLICY.search_radii_m[0];
+    return {
+      rank: isNumber(offer.rank) && offer.rank > 1,
+      radius: isNumber(offer.radius_m) && offer.radius_m > firstRadius,
+      lapsed: offer.outcome === 'expired',
+    };
+  }
+
+  /// The log's filters as the operator set them.
+  const offerFilter = { outcome: '', driver: '', trip: '' };
+
+  function offerShown(offer) {
+    if (offerFilter.outcome === 'unusual') {
+      const odd = unusual(offer);
+      if (!(odd.rank || odd.radius || odd.lapsed)) return false;
+    } else if (offerFilter.outcome && offer.outcome !== offerFilter.outcome) {
+      return false;
+    }
+    if (offerFilter.driver && !String(offer.driver_id).startsWith(offerFilter.driver)) return false;
+    if (offerFilter.trip && !String(offer.trip_id).startsWith(offerFilter.trip)) return false;
+    return true;
+  }
+
   function offerRow(offer) {
-    // A line after `made` carries no ranking inputs; show the ones it was made with.
-    const made = offer.outcome === 'made' ? offer : model.madeOffers.get(offer.offer_id) ?? offer;
-    const cell = (text, className) => element('td', { text, className });
-    const outcome = element('td', {}, [element('span', { className: `outcome ${offer.outcome}`, text: offer.outcome })]);
-    const rank = isNumber(made.rank) ? `${made.rank} of ${made.candidates ?? '?'}` : '—';
-    return element('tr', { data: { offerId: offer.offer_id ?? '', outcome: offer.outcome ?? '' } }, [
+    const odd = unusual(offer);
+    const cell = (text, className, title) => element('td', { text, className, title });
+    const label = OUTCOME_LABEL[offer.outcome] ?? words(offer.outcome);
+    const decided = offer.decided_at ? ` at ${clock(offer.decided_at)}` : '';
+    const outcome = element('td', {}, [element('span', {
+      className: `outcome ${offer.outcome}`,
+      text: label,
+      title: offer.outcome === 'expired'
+        ? `The driver let this offer lapse${decided}; the trip itself goes on being dispatched.`
+        : `${label}${decided}`,
+    })]);
+    const rank = isNumber(offer.rank) ? `${offer.rank} of ${offer.candidates ?? '?'}` : '—';
+    const pickup = `${metres(offer.pickup_distance_m)} · ${shortDuration(offer.pickup_eta_s)}`;
+    const row = element('tr', { data: { offerId: offer.offer_id ?? '', outcome: offer.outcome ?? '' } }, [
       cell(clock(offer.at)),
       outcome,
       element('td', {}, [tripLink(offer.trip_id)]),
       element('td', {}, [driverLink(offer.driver_id)]),
-      cell(metres(made.pickup_distance_m), 'num'),
-      cell(seconds(made.pickup_eta_s), 'num'),
-      cell(rank, 'num'),
-      cell(metres(made.radius_m), 'num'),
+      cell(pickup, 'num'),
+      cell(rank, `num${odd.rank ? ' unusual' : ''}${offer.batch ? ' batched' : ''}`, rankTitle(offer, odd)),
+      cell(metres(offer.radius_m), odd.radius ? 'num unusual' : 'num', odd.radius ? 'Found only in a widened search radius' : ''),
     ]);
+    if (odd.rank || odd.radius || odd.lapsed) row.classList.add('unusual');
+    return row;
   }
+
+  /// Why a rank reads as it does: not the best-ranked driver, or chosen with other trips
+  /// in a batch (HAIL_MATCHING=batch), where the best for all is not each one's nearest.
+  function rankTitle(offer, odd) {
+    const parts = [];
+    if (odd.rank) parts.push('Not the best-ranked driver');
+    const batch = offer.batch;
+    if (batch && isNumber(batch.size)) {
+      parts.push(`Chosen in a batch of ${batch.size} trip${batch.size === 1 ? '' : 's'} (window ${batch.window_ms} ms, solved in ${batch.solve_us} µs)`);
+    }
+    return parts.join('. ');
+  }
+
+  /// Offer id → its row, so an outcome redraws the row it closes.
+  const offerRows = new Map();
 
   function renderOfferLog() {
     const body = $('offers-body');
+    const build = (offer) => {
+      const row = offerRow(offer);
+      offerRows.set(offer.offer_id, row);
+      return row;
+    };
     if (dirty.offersRebuild) {
       dirty.offersRebuild = false;
       pendingOfferRows.length = 0;
-      body.replaceChildren(...model.offers.map(offerRow));
-    } else if (pendingOfferRows.length) {
-      const fresh = pendingOfferRows.splice(0).slice(-OFFER_LOG_MAX).reverse().map(offerRow);
-      body.prepend(...fresh);
-      while (body.childElementCount > OFFER_LOG_MAX) body.lastElementChild.remove();
+      changedOfferRows.length = 0;
+      offerRows.clear();
+      body.replaceChildren(...model.offers.filter(offerShown).map(build));
+    } else {
+      for (const offer of changedOfferRows.splice(0)) {
+        const old = offerRows.get(offer.offer_id);
+        if (!old) continue;
+        if (offerShown(offer)) old.replaceWith(build(offer));
+        else {
+          old.remove();
+          offerRows.delete(offer.offer_id);
+        }
+      }
+      if (pendingOfferRows.length) {
+        const fresh = pendingOfferRows.splice(0).slice(-OFFER_LOG_MAX).reverse().filter(offerShown).map(build);
+        body.prepend(...fresh);
+      }
+      while (body.childElementCount > OFFER_LOG_MAX) {
+        offerRows.delete(body.lastElementChild.dataset.offerId);
+        body.lastElementChild.remove();
+      }
     }
-    $('offers-empty').hidden = body.childElementCount > 0;
+    const empty = $('offers-empty');
+    empty.hidden = body.childElementCount > 0;
+    empty.textContent = model.offers.length ? 'No offer matches the filters.' : 'No offers yet.';
   }
+
+  for (const [id, key] of [['filter-outcome', 'outcome'], ['filter-driver', 'driver'], ['filter-trip', 'trip']]) {
+    const apply = () => {
+      const value = $(id).value.trim();
+      if (offerFilter[key] === value) return;
+      offerFilter[key] = value;
+      dirty.offersRebuild = true;
+      invalidate('panels');
+    };
+    // `change` too: clearing a field programmatically (or by WebDriver) fires only that.
+    $(id).addEventListener('input', apply);
+    $(id).addEventListener('change', apply);
+  }
+  $('offers-filter').addEventListener('submit', (event) => event.preventDefault());
 
   /// Trip id → its row in the open-trips list. Rows are updated in place and moved, not
   /// rebuilt, so a row keeps its identity while someone reaches for it.
@@ -1146,12 +1938,17 @@
     const text = trip.state === 'requested' ? `waiting ${waited}` : waited;
     if (row.when.textContent !== text) row.when.textContent = text;
     row.button.classList.toggle('selected', Boolean(selected && selected.kind === 'trip' && selected.id === trip.id));
+    const alert = alerts.byTrip.get(trip.id);
+    row.button.classList.toggle('alerting', Boolean(alert));
+    row.button.title = alert ? alert.label : '';
     return row;
   }
 
   function renderTrips() {
     const open = [];
-    for (const trip of model.trips.values()) if (OPEN_STATES.has(trip.state)) open.push(trip);
+    for (const trip of model.trips.values()) {
+      if (OPEN_STATES.has(trip.state) && !hiddenKinds.has(tripKind(trip))) open.push(trip);
+    }
     // Waiting passengers first, longest wait on top; then trips under way.
     open.sort((a, b) => (a.state === 'requested' ? 0 : 1) - (b.state === 'requested' ? 0 : 1)
       || millis(a, 'requested_at') - millis(b, 'requested_at'));
@@ -1178,12 +1975,250 @@
       ? `and ${integer.format(open.length - TRIP_LIST_MAX)} more`
       : '';
     $('trips-empty').hidden = open.length > 0;
+    $('trips-empty').textContent = hiddenKinds.size ? 'No open trips shown: some kinds are hidden in the legend.' : 'No open trips.';
   }
 
-  // Ages in the trip list move on their own.
+  // Ages, waits and countdowns move on their own.
   setInterval(() => {
     if (session.token) invalidate('panels');
-  }, 5_000);
+  }, ALERTS_EVERY_MS);
+
+  // ---------------------------------------------------------------- alerts
+
+  /// Trips in trouble, most urgent first: `list` of {tripId, kind, label, detail, fixes},
+  /// one per trip (its most urgent trouble; the others in `detail`).
+  const alerts = { list: [], byTrip: new Map(), computedAt: 0 };
+  /// Most urgent first. `fixes` are the actions offered one click away.
+  const ALERT_KINDS = {
+    driver_lost: { rank: 0, fixes: ['resolve'] },
+    driver_gone: { rank: 1, fixes: ['cancel'] },
+    expiring: { rank: 2, fixes: ['assign'] },
+    no_candidate: { rank: 3, fixes: ['assign'] },
+    slow_pickup: { rank: 4, fixes: ['cancel'] },
+    waiting: { rank: 5, fixes: ['assign'] },
+  };
+  const FIX_LABEL = { assign: 'Assign…', cancel: 'Cancel…', resolve: 'Resolve…' };
+
+  function loadSettings() {
+    let stored = {};
+    try {
+      stored = JSON.parse(localStorage.getItem(SETTINGS_KEY) ?? '{}') ?? {};
+    } catch {
+      stored = {};
+    }
+    const settings = { ...DEFAULT_SETTINGS };
+    for (const key of Object.keys(DEFAULT_SETTINGS)) {
+      if (isNumber(stored[key]) && stored[key] > 0) settings[key] = stored[key];
+    }
+    return settings;
+  }
+
+  let settings = loadSettings();
+
+  /// Pickup ETA in seconds as hail estimates it: straight-line metres × detour ÷ speed.
+  function etaS(metresAway) {
+    const { detour_factor: detour, urban_speed_mps: speed } = model.policy;
+    return (metresAway * (detour || DEFAULT_POLICY.detour_factor)) / (speed || DEFAULT_POLICY.urban_speed_mps);
+  }
+
+  /// When a waiting trip expires, in ms since the epoch.
+  function expiresAt(trip) {
+    return millis(trip, 'requested_at') + (model.policy.dispatch_deadline_ms ?? DEFAULT_POLICY.dispatch_deadline_ms);
+  }
+
+  /// Available drivers bucketed by a grid of GRID_DEG degrees, rebuilt per computation:
+  /// "anyone within the widest radius?" then looks at a few cells, not the whole fleet.
+  const GRID_DEG = 0.05;
+
+  function availableGrid() {
+    const grid = new Map();
+    for (const driver of model.drivers.values()) {
+      if (driver.state !== 'available' || !isNumber(driver.lat)) continue;
+      const key = `${Math.floor(driver.lat / GRID_DEG)}:${Math.floor(driver.lng / GRID_DEG)}`;
+      let cell = grid.get(key);
+      if (!cell) grid.set(key, (cell = []));
+      cell.push(driver);
+    }
+    return grid;
+  }
+
+  function anyAvailableWithin(grid, lat, lng, radiusM) {
+    const rowSpan = Math.ceil(radiusM / 111_195 / GRID_DEG);
+    const columnSpan = Math.ceil(radiusM / (111_195 * Math.max(0.1, Math.cos((lat * Math.PI) / 180))) / GRID_DEG);
+    const row = Math.floor(lat / GRID_DEG);
+    const column = Math.floor(lng / GRID_DEG);
+    for (let r = row - rowSpan; r <= row + rowSpan; r += 1) {
+      for (let c = column - columnSpan; c <= column + columnSpan; c += 1) {
+        for (const driver of grid.get(`${r}:${c}`) ?? []) {
+          if (distanceM(lat, lng, driver.lat, driver.lng) <= radiusM) return true;
+        }
+      }
+    }
+    return false;
+  }
+
+  /// Every trip in trouble, by the thresholds under Settings and the server's policy.
+  function computeAlerts(now) {
+    const grid = availableGrid();
+    const radii = model.policy.search_radii_m ?? DEFAULT_POLICY.search_radii_m;
+    const widest = Math.max(...radii);
+    // Trips with an offer out to someone are being dispatched: not "no candidate".
+    const offered = new Set();
+    for (const offer of model.offers) if (offer.outcome === 'made') offered.add(offer.trip_id);
+    const found = [];
+    for (const trip of model.trips.values()) {
+      if (!OPEN_STATES.has(trip.state)) continue;
+      const troubles = tripTroubles(trip, now, grid, widest, offered);
+      if (!troubles.length) continue;
+      troubles.sort((a, b) => ALERT_KINDS[a.kind].rank - ALERT_KINDS[b.kind].rank);
+      const [first, ...others] = troubles;
+      found.push({
+        tripId: trip.id,
+        kind: first.kind,
+        label: first.label,
+        detail: [first.detail, ...others.map((t) => t.label)].filter(Boolean).join(' · '),
+        fixes: ALERT_KINDS[first.kind].fixes,
+        urgency: first.urgency ?? 0,
+      });
+    }
+    found.sort((a, b) => ALERT_KINDS[a.kind].rank - ALERT_KINDS[b.kind].rank || b.urgency - a.urgency);
+    alerts.list = found;
+    alerts.byTrip = new Map(found.map((alert) => [alert.tripId, alert]));
+    alerts.computedAt = now;
+  }
+
+  /// What is wrong with one trip, if anything: [{kind, label, detail, urgency}].
+  function tripTroubles(trip, now, grid, widest, offered) {
+    const troubles = [];
+    if (trip.state === 'requested') {
+      const waitedMs = now - millis(trip, 'requested_at');
+      const leftMs = expiresAt(trip) - now;
+      if (leftMs <= settings.expiryS * 1000) {
+        troubles.push({ kind: 'expiring', label: `expires in ${seconds(Math.max(0, leftMs / 1000))}`, urgency: -leftMs });
+      }
+      const pickup = trip.pickup;
+      if (pickup && isNumber(pickup.lat) && !offered.has(trip.id) && !anyAvailableWithin(grid, pickup.lat, pickup.lng, widest)) {
+        troubles.push({ kind: 'no_candidate', label: `no available driver within ${metres(widest)}`, urgency: waitedMs });
+      }
+      if (waitedMs >= settings.waitS * 1000) {
+        troubles.push({ kind: 'waiting', label: `waiting ${seconds(waitedMs / 1000)}`, urgency: waitedMs });
+      }
+      return troubles;
+    }
+    const flag = model.flags.get(trip.id);
+    if (flag && trip.state === 'in_progress') {
+      troubles.push({ kind: 'driver_lost', label: 'driver lost mid-ride', detail: flag.reason ?? '', urgency: now - Date.parse(flag.at) });
+      return troubles;
+    }
+    const driver = trip.driver_id ? model.drivers.get(trip.driver_id) : null;
+    if (!driver) {
+      // Before pickup hail dispatches again once the driver counts as lost; after pickup
+      // only an operator can close the trip.
+      const kind = trip.state === 'in_progress' ? 'driver_lost' : 'driver_gone';
+      troubles.push({ kind, label: 'driver not online', detail: trip.driver_id ? `driver ${trip.driver_id}` : '' });
+      return troubles;
+    }
+    if (trip.state === 'accepted' && isNumber(driver.lat) && trip.pickup) {
+      const eta = etaS(distanceM(driver.lat, driver.lng, trip.pickup.lat, trip.pickup.lng));
+      if (eta > settings.etaMin * 60) {
+        troubles.push({ kind: 'slow_pickup', label: `pickup ETA ${minutes(eta)}`, detail: `driver ${driver.id}`, urgency: eta });
+      }
+    }
+    return troubles;
+  }
+
+  function minutes(valueS) {
+    return isNumber(valueS) ? `${Math.round(valueS / 60)} min` : '—';
+  }
+
+  /// Rows keyed by trip id, updated in place so a button does not move from under a click
+  /// that is on its way.
+  const alertRows = new Map();
+
+  function alertRow(alert) {
+    let row = alertRows.get(alert.tripId);
+    if (!row) {
+      const label = element('b');
+      const detail = element('span', { className: 'detail' });
+      const fix = element('div', { className: 'fix' });
+      const item = element('li', { data: { tripId: alert.tripId } }, [
+        element('div', { className: 'what' }, [label, ' ', tripLink(alert.tripId), detail]),
+        fix,
+      ]);
+      row = { item, label, detail, fix, fixes: '' };
+      alertRows.set(alert.tripId, row);
+    }
+    row.item.dataset.kind = alert.kind;
+    if (row.label.textContent !== alert.label) row.label.textContent = alert.label;
+    if (row.detail.textContent !== alert.detail) row.detail.textContent = alert.detail;
+    const fixes = alert.fixes.join(',');
+    if (row.fixes !== fixes) {
+      row.fixes = fixes;
+      row.fix.replaceChildren(...alert.fixes.map((action) => {
+        const button = element('button', { type: 'button', text: FIX_LABEL[action], data: { action } });
+        button.addEventListener('click', () => openAction(alert.tripId, action));
+        return button;
+      }));
+    }
+    return row;
+  }
+
+  function renderAlerts() {
+    const count = alerts.list.length;
+    document.title = count ? `(${count}) ${TITLE}` : TITLE;
+    $('alerts-count').textContent = integer.format(count);
+    $('alerts-panel').dataset.alerts = String(count);
+    const shown = alerts.list.slice(0, ALERTS_SHOWN_MAX);
+    const kept = new Set(shown.map((alert) => alert.tripId));
+    for (const [id, row] of alertRows) {
+      if (!kept.has(id)) {
+        row.item.remove();
+        alertRows.delete(id);
+      }
+    }
+    const list = $('alerts');
+    let cursor = list.firstElementChild;
+    for (const alert of shown) {
+      const { item } = alertRow(alert);
+      if (item === cursor) cursor = cursor.nextElementSibling;
+      else list.insertBefore(item, cursor);
+    }
+    $('alerts-more').textContent = count > ALERTS_SHOWN_MAX ? `and ${integer.format(count - ALERTS_SHOWN_MAX)} more` : '';
+    $('alerts-empty').hidden = count > 0;
+    const chip = $('inspector-alerts');
+    chip.hidden = count === 0;
+    chip.textContent = `⚠ ${integer.format(count)} trip${count === 1 ? ' needs' : 's need'} attention: see the list`;
+  }
+
+  $('inspector-alerts').addEventListener('click', () => {
+    closeInspector();
+    document.querySelector('.right').scrollTop = 0;
+  });
+
+  /// The settings form shows the thresholds in force; saving checks and stores them.
+  const SETTING_FIELDS = [['alert-wait-s', 'waitS'], ['alert-expiry-s', 'expiryS'], ['alert-eta-min', 'etaMin'], ['alert-confirm-km', 'confirmKm']];
+
+  function showSettings() {
+    for (const [id, key] of SETTING_FIELDS) $(id).value = String(settings[key]);
+  }
+
+  $('alert-settings').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const next = {};
+    for (const [id, key] of SETTING_FIELDS) {
+      const value = Number($(id).value);
+      if (!(isNumber(value) && value > 0)) {
+        $('alert-settings-message').textContent = 'Each threshold is a number above 0.';
+        return;
+      }
+      next[key] = value;
+    }
+    settings = next;
+    localStorage.setItem(SETTINGS_KEY, JSON.stringify(settings));
+    $('alert-settings-message').textContent = 'Thresholds saved in this browser.';
+    dirty.alerts = true;
+    invalidate('panels');
+  });
 
   // ---------------------------------------------------------------- cluster
 
@@ -1243,28 +2278,43 @@
     return live ?? null;
   }
 
+  /// Opens the card for a trip or a driver and makes the address point at it, so the URL
+  /// can be shared (`#trip=<id>`, `#driver=<id>`).
   function select(kind, id) {
+    const same = selected && selected.kind === kind && selected.id === id;
     selected = { kind, id };
-    fetchedTrip = null;
-    assignChoices = '';
+    setHash(kind, id);
+    if (!same) {
+      fetchedTrip = null;
+      driverCard = null;
+      closeActionBoxes();
+      clearInspectorMessages();
+    }
     $('inspector').hidden = false;
-    $('cancel-confirm').hidden = true;
-    $('cancel-reason').value = '';
-    clearInspectorMessages();
+    $('layout').classList.add('inspecting');
     if (kind === 'trip') {
       loadTimeline(id);
       if (!model.trips.has(id)) fetchTrip(id);
     } else {
       timeline.tripId = null;
       timeline.events = [];
+      loadDriverCard(id);
     }
     renderInspector(true);
     revealSelection();
+    resizeMap();
     invalidate('map', 'panels');
   }
 
-  /// Pans so that what was selected (from a list, say) is on screen and not under the
-  /// inspector card.
+  /// Opens a trip's card with the box of one action open: what an alert's button does.
+  function openAction(tripId, action) {
+    select('trip', tripId);
+    if (action === 'assign') openAssign();
+    else if (action === 'cancel') openCancel();
+    else if (action === 'resolve') openResolve();
+  }
+
+  /// Pans so that what was selected (from a list, say) is on screen.
   function revealSelection() {
     let point = null;
     if (selected?.kind === 'driver') point = model.drivers.get(selected.id);
@@ -1273,11 +2323,9 @@
     const scale = worldScale();
     const sx = (point.x - view.cx) * scale + view.width / 2;
     const sy = (point.y - view.cy) * scale + view.height / 2;
-    const card = $('inspector').getBoundingClientRect();
-    const free = view.width - (card.width ? card.width + 72 : 0);
     // Room on the right for the "pickup" label beside the marker.
-    if (sx >= 24 && sx <= free - 90 && sy >= 40 && sy <= view.height - 56) return;
-    view.cx = point.x - (Math.max(24, free / 2) - view.width / 2) / scale;
+    if (sx >= 24 && sx <= view.width - 110 && sy >= 40 && sy <= view.height - 56) return;
+    view.cx = point.x;
     view.cy = point.y;
     clampView();
     invalidate('map');
@@ -1286,13 +2334,29 @@
   function closeInspector() {
     selected = null;
     timeline.tripId = null;
+    driverCard = null;
     $('inspector').hidden = true;
+    $('layout').classList.remove('inspecting');
+    setHash(null);
+    resizeMap();
     invalidate('map', 'panels');
   }
 
   $('inspector-close').addEventListener('click', closeInspector);
+  // "/" jumps to the search box, as in most consoles, unless the operator is typing.
   document.addEventListener('keydown', (event) => {
-    if (event.key === 'Escape' && selected && !(event.target instanceof HTMLInputElement)) closeInspector();
+    const typing = event.target instanceof HTMLInputElement || event.target instanceof HTMLSelectElement;
+    if (event.key !== '/' || typing || !session.token) return;
+    event.preventDefault();
+    $('search-input').focus();
+  });
+  document.addEventListener('keydown', (event) => {
+    if (event.key !== 'Escape') return;
+    if (!$('search-results').hidden) {
+      $('search-results').hidden = true;
+      return;
+    }
+    if (selected && !(event.target instanceof HTMLInputElement)) closeInspector();
   });
 
   function clearInspectorMessages() {
@@ -1324,9 +2388,35 @@
         invalidate('map');
       }
     } catch (error) {
-      if (selected && selected.id === id) inspectorError(`Could not load the trip: ${describe(error)}`);
+      if (selected && selected.id === id) {
+        inspectorError(error instanceof ApiFailure && error.status === 404
+          ? `No trip with id ${id}.`
+          : `Could not load the trip: ${describe(error)}`);
+      }
     }
   }
+
+  /// Name, plate and last ping are not in the live stream; the card asks for them.
+  async function loadDriverCard(id) {
+    try {
+      const card = await api('GET', `/v1/ops/drivers/${encodeURIComponent(id)}`);
+      if (selected?.kind === 'driver' && selected.id === id) driverCard = card;
+    } catch (error) {
+      if (selected?.kind === 'driver' && selected.id === id) {
+        driverCard = {
+          error: error instanceof ApiFailure && error.status === 404 && error.code === 'not_found' && !model.drivers.has(id)
+            ? `No driver with id ${id}.`
+            : `Name, plate and last ping unavailable: ${describe(error)}`,
+        };
+      }
+    }
+    if (selected?.kind === 'driver' && selected.id === id) renderInspector(true);
+  }
+
+  // Last ping and state move on their own while a driver's card is open.
+  setInterval(() => {
+    if (session.token && selected?.kind === 'driver') loadDriverCard(selected.id);
+  }, 5_000);
 
   async function loadTimeline(tripId) {
     const request = ++timeline.request;
@@ -1343,7 +2433,7 @@
     } catch (error) {
       if (request !== timeline.request) return;
       timeline.events = [];
-      inspectorError(`Could not load the timeline: ${describe(error)}`);
+      if (!(error instanceof ApiFailure && error.status === 404)) inspectorError(`Could not load the timeline: ${describe(error)}`);
     } finally {
       if (request === timeline.request) {
         timeline.loading = false;
@@ -1352,6 +2442,12 @@
         if (timeline.events.length && timeline.behind > last) loadTimeline(tripId);
       }
     }
+  }
+
+  /// "operator ana", "driver drv_…", "system": who caused an event.
+  function actorText(actor) {
+    if (!actor || !actor.role) return '';
+    return actor.id ? `${actor.role} ${actor.id}` : actor.role;
   }
 
   function renderTimeline() {
@@ -1370,9 +2466,12 @@
       const details = [`seq ${event.seq}`];
       if (event.event === 'accepted' && event.trip?.driver_id) details.push(`driver ${event.trip.driver_id}`);
       if (event.event === 'completed' && event.trip?.fare) details.push(`fare ${money(event.trip.fare)}`);
+      const who = actorText(event.actor);
       return element('li', { data: { event: event.event, seq: String(event.seq) } }, [
         element('span', { className: 'event', text: words(event.event) }),
         element('span', { className: 'when', text: clock(event.at) }),
+        who ? element('span', { className: 'who', text: `by ${who}` }) : null,
+        event.reason ? element('span', { className: 'why', text: `“${event.reason}”` }) : null,
         element('span', { className: 'detail', text: details.join(' · ') }),
       ]);
     }));
@@ -1386,59 +2485,104 @@
   function renderInspector(full) {
     if (!selected) return;
     const trip = selected.kind === 'trip' ? selectedTrip() : null;
-    if (trip && trip.state === 'requested') renderAssignChoices(trip);
     const driver = selected.kind === 'driver' ? model.drivers.get(selected.id) : null;
     const newest = model.offers[0];
+    const alert = trip ? alerts.byTrip.get(trip.id) : null;
     const key = JSON.stringify([
       selected,
       trip && [trip.seq, trip.state, trip.driver_id],
       driver && [driver.state, category(driver), driver.lat, driver.lng, driver.tripId, driver.connected],
       model.offers.length,
       newest && [newest.offer_id, newest.outcome],
+      alert && [alert.label, alert.detail],
+      // Waits, countdowns and "ago" move by the second.
+      Math.floor(Date.now() / 1000),
     ]);
     if (!full && key === inspectorKey) return;
     inspectorKey = key;
+    renderDeepLink();
+    const note = $('inspector-alert');
+    note.hidden = !alert;
+    if (alert) note.textContent = `Needs attention: ${alert.label}${alert.detail ? ` — ${alert.detail}` : ''}`;
+    if (selected.kind === 'driver') renderDriverCard(driver);
+    else renderTripCard(trip);
+    if (full) renderTimeline();
+  }
+
+  function renderDriverCard(driver) {
     const fields = $('inspector-fields');
-    const title = $('inspector-title');
     fields.replaceChildren();
-    if (selected.kind === 'driver') {
-      $('trip-actions').hidden = true;
-      title.replaceChildren(`Driver `, element('span', { className: 'mono', text: selected.id }));
-      if (!driver) {
-        field(fields, 'state', 'not online');
-      } else {
-        const kind = category(driver);
-        field(fields, 'state', element('span', { className: `badge ${kind}`, text: CATEGORY_LABEL[kind] }));
-        field(fields, 'position', position(driver.lat, driver.lng));
-        field(fields, 'trip', driver.tripId ? tripLink(driver.tripId) : '—');
-        if (driver.connected != null) field(fields, 'socket', driver.connected ? 'open (at last snapshot)' : 'dropped (at last snapshot)');
-      }
-      renderRelatedOffers((offer) => offer.driver_id === selected.id, (offer) => [offer.trip_id, 'trip']);
-      if (full) renderTimeline();
-      return;
+    $('trip-actions').hidden = true;
+    $('inspector-title').replaceChildren('Driver ', element('span', { className: 'mono', text: selected.id }));
+    const card = driverCard;
+    if (card && !card.error) {
+      field(fields, 'name', card.name ?? '—');
+      field(fields, 'plate', card.plate ?? '—');
+    } else if (card?.error) {
+      field(fields, 'details', card.error);
+    } else {
+      field(fields, 'details', 'loading…');
     }
-    title.replaceChildren(`Trip `, element('span', { className: 'mono', text: selected.id }));
+    const online = card && !card.error ? card.online : null;
+    const lastPing = online?.last_ping_at ?? driver?.lastPingAt ?? null;
+    if (!driver) {
+      field(fields, 'state', 'not online');
+    } else {
+      const kind = category(driver);
+      field(fields, 'state', element('span', { className: `badge ${kind}`, text: CATEGORY_LABEL[kind] }));
+      field(fields, 'position', placeName(driver));
+    }
+    field(fields, 'last ping', lastPing ? `${age(lastPing)} ago (${clock(lastPing)})` : '—');
+    const tripId = driver?.tripId ?? card?.trip?.id ?? null;
+    field(fields, 'trip', tripId ? tripLink(tripId) : '—');
+    const connected = online ? online.connected : driver?.connected;
+    if (connected != null) field(fields, 'app', connected ? 'connected' : 'socket dropped');
+    if (online?.node) field(fields, 'node', online.node);
+    renderRelatedOffers((offer) => offer.driver_id === selected.id, (offer) => [offer.trip_id, 'trip']);
+  }
+
+  function renderTripCard(trip) {
+    const fields = $('inspector-fields');
+    fields.replaceChildren();
+    $('inspector-title').replaceChildren('Trip ', element('span', { className: 'mono', text: selected.id }));
     if (!trip) {
       field(fields, 'state', 'loading…');
       $('trip-actions').hidden = true;
       renderRelatedOffers(() => false);
       return;
     }
+    const now = Date.now();
     field(fields, 'state', element('span', { className: `badge ${trip.state}`, text: words(trip.state) }));
+    if (trip.state === 'requested') {
+      field(fields, 'waiting', seconds((now - millis(trip, 'requested_at')) / 1000));
+      const left = (expiresAt(trip) - now) / 1000;
+      field(fields, 'expires', left > 0 ? `in ${seconds(left)} (${clock(expiresAt(trip))})` : 'due now');
+    }
+    const driver = trip.driver_id ? model.drivers.get(trip.driver_id) : null;
+    if ((trip.state === 'accepted' || trip.state === 'arrived') && trip.pickup) {
+      if (trip.state === 'arrived') field(fields, 'pickup ETA', 'at the pickup');
+      else if (driver && isNumber(driver.lat)) {
+        const away = distanceM(driver.lat, driver.lng, trip.pickup.lat, trip.pickup.lng);
+        field(fields, 'pickup ETA', `${seconds(etaS(away))} (${metres(away)} away)`);
+      } else field(fields, 'pickup ETA', 'driver not online');
+    }
     field(fields, 'passenger', element('span', { className: 'mono', text: trip.passenger_id }));
     field(fields, 'driver', trip.driver_id ? driverLink(trip.driver_id) : '—');
     field(fields, 'requested', clock(trip.requested_at));
-    field(fields, 'pickup', position(trip.pickup?.lat, trip.pickup?.lng));
-    field(fields, 'drop-off', position(trip.dropoff?.lat, trip.dropoff?.lng));
+    field(fields, 'pickup', placeName(trip.pickup));
+    field(fields, 'drop-off', placeName(trip.dropoff));
     field(fields, 'fare', trip.fare ? money(trip.fare) : `${money(trip.fare_estimate)} estimated`);
     field(fields, 'updated', clock(trip.updated_at));
-    const cancellable = CANCELLABLE_STATES.has(trip.state);
-    $('trip-actions').hidden = !cancellable;
-    $('cancel-box').hidden = !cancellable;
-    $('assign-box').hidden = trip.state !== 'requested';
-    if (!cancellable) $('cancel-confirm').hidden = true;
+    const open = OPEN_STATES.has(trip.state);
+    $('trip-actions').hidden = !open;
+    $('assign-open').hidden = trip.state !== 'requested';
+    $('resolve-open').hidden = trip.state !== 'in_progress';
+    $('cancel-trip').hidden = !CANCELLABLE_STATES.has(trip.state);
+    if (!open) closeActionBoxes();
+    if (trip.state !== 'requested') $('assign-box').hidden = true;
+    if (trip.state !== 'in_progress') $('resolve-box').hidden = true;
+    $('cancel-reason').placeholder = trip.state === 'in_progress' ? 'reason (required after pickup)' : 'reason (optional)';
     renderRelatedOffers((offer) => offer.trip_id === trip.id, (offer) => [offer.driver_id, 'driver']);
-    if (full) renderTimeline();
   }
 
   function renderRelatedOffers(matches, other) {
@@ -1448,75 +2592,216 @@
     list.replaceChildren(...lines.map((offer) => {
       const [id, kind] = other(offer);
       const link = kind === 'trip' ? tripLink(id) : driverLink(id);
-      return element('li', {}, [`${clock(offer.at)} ${offer.outcome} · `, link]);
+      return element('li', {}, [`${clock(offer.at)} ${OUTCOME_LABEL[offer.outcome] ?? offer.outcome} · `, link]);
     }));
   }
 
-  function renderAssignChoices(trip) {
-    const choices = [];
-    if (trip.pickup && isNumber(trip.pickup.lat)) {
-      for (const driver of model.drivers.values()) {
-        if (driver.state !== 'available' || !isNumber(driver.lat)) continue;
-        const distance = distanceM(trip.pickup.lat, trip.pickup.lng, driver.lat, driver.lng);
-        // Keep only the nearest few: an insertion into a short sorted list.
-        if (choices.length < ASSIGN_CHOICES || distance < choices[choices.length - 1].distance) {
-          choices.push({ id: driver.id, distance });
-          choices.sort((a, b) => a.distance - b.distance);
-          if (choices.length > ASSIGN_CHOICES) choices.pop();
-        }
-      }
+  // ------------------------------------------------ actions: assign, cancel, resolve
+
+  function closeActionBoxes() {
+    $('assign-box').hidden = true;
+    $('assign-confirm').hidden = true;
+    $('cancel-box').hidden = true;
+    $('resolve-box').hidden = true;
+    $('cancel-reason').value = '';
+    $('resolve-reason').value = '';
+    candidates.pending = null;
+  }
+
+  function openAssign() {
+    const trip = selectedTrip();
+    if (!trip || trip.state !== 'requested') return;
+    $('cancel-box').hidden = true;
+    $('resolve-box').hidden = true;
+    $('assign-box').hidden = false;
+    $('assign-confirm').hidden = true;
+    loadCandidates(trip);
+  }
+
+  function openCancel() {
+    $('assign-box').hidden = true;
+    $('resolve-box').hidden = true;
+    $('cancel-box').hidden = false;
+    $('cancel-reason').focus();
+  }
+
+  function openResolve() {
+    const trip = selectedTrip();
+    if (!trip || trip.state !== 'in_progress') return;
+    $('assign-box').hidden = true;
+    $('cancel-box').hidden = true;
+    $('resolve-box').hidden = false;
+    $('resolve-reason').focus();
+  }
+
+  /// Drivers who said no to this trip or let its offer lapse, from the log this page holds
+  /// (the server's `excluded` says the same for the ones it ranks).
+  function refusals(tripId) {
+    const refused = new Map();
+    for (const offer of model.offers) {
+      if (offer.trip_id !== tripId) continue;
+      if (offer.outcome === 'declined') refused.set(offer.driver_id, 'declined');
+      else if (offer.outcome === 'expired' && !refused.has(offer.driver_id)) refused.set(offer.driver_id, 'lapsed');
     }
-    // Distances change as drivers move; rebuild the list only when who is in it changes,
-    // so an operator's pick is not reset under the pointer.
-    const key = choices.map((choice) => choice.id).join(',');
-    const picker = $('assign-driver');
-    if (key === assignChoices) return;
-    assignChoices = key;
-    const previous = picker.value;
-    if (!choices.length) {
-      picker.replaceChildren(element('option', { text: 'no available driver online' }));
-      picker.disabled = true;
-      $('assign').disabled = true;
+    return refused;
+  }
+
+  /// Candidates ranked by the server (pickup ETA, who was excluded); if this server has
+  /// no such endpoint, the available drivers this page holds, nearest first.
+  async function loadCandidates(trip) {
+    candidates.tripId = trip.id;
+    candidates.loading = true;
+    candidates.list = [];
+    renderCandidates();
+    let list;
+    let source;
+    try {
+      const body = await api('GET', `/v1/ops/trips/${encodeURIComponent(trip.id)}/candidates`);
+      list = (body?.candidates ?? []).map((c) => ({
+        id: c.driver_id, name: c.name, plate: c.plate, state: c.state,
+        distance: c.distance_m, eta: c.eta_s, excluded: c.excluded ?? null,
+      }));
+      source = 'server';
+    } catch (error) {
+      if (!(missingRoute(error))) {
+        if (candidates.tripId === trip.id) {
+          candidates.loading = false;
+          candidates.list = [];
+          $('candidates-note').textContent = `Could not rank drivers: ${describe(error)}`;
+          $('candidates').replaceChildren();
+        }
+        return;
+      }
+      list = localCandidates(trip);
+      source = 'local';
+    }
+    if (candidates.tripId !== trip.id) return;
+    const refused = refusals(trip.id);
+    for (const candidate of list) candidate.excluded = candidate.excluded ?? refused.get(candidate.id) ?? null;
+    candidates.list = list;
+    candidates.source = source;
+    candidates.loading = false;
+    renderCandidates();
+  }
+
+  function localCandidates(trip) {
+    const choices = [];
+    if (!trip.pickup || !isNumber(trip.pickup.lat)) return choices;
+    for (const driver of model.drivers.values()) {
+      if (driver.state !== 'available' || !isNumber(driver.lat)) continue;
+      const distance = distanceM(trip.pickup.lat, trip.pickup.lng, driver.lat, driver.lng);
+      choices.push({ id: driver.id, state: driver.state, distance, eta: etaS(distance), excluded: null });
+    }
+    choices.sort((a, b) => a.eta - b.eta);
+    return choices.slice(0, ASSIGN_CHOICES);
+  }
+
+  function renderCandidates() {
+    const list = $('candidates');
+    const note = $('candidates-note');
+    if (candidates.loading) {
+      list.replaceChildren();
+      note.textContent = 'ranking drivers…';
       return;
     }
-    picker.disabled = false;
-    $('assign').disabled = false;
-    picker.replaceChildren(...choices.map((choice) => {
-      const option = element('option', { text: `${metres(choice.distance)} · ${choice.id}` });
-      option.value = choice.id;
-      return option;
+    const excluded = { declined: 'declined this trip', lapsed: 'let this trip’s offer lapse', driver_cancelled: 'gave this trip back', driver_lost: 'was lost on this trip' };
+    list.replaceChildren(...candidates.list.map((candidate) => {
+      const who = [candidate.name, candidate.plate, candidate.id].filter(Boolean).join(' · ');
+      const button = element('button', { type: 'button', data: { driverId: candidate.id }, title: `Assign to ${candidate.id}` }, [
+        element('span', { className: 'who', text: who }),
+        element('span', { className: 'how', text: `${metres(candidate.distance)} · ETA ${seconds(candidate.eta)}` }),
+        candidate.excluded ? element('span', { className: 'excluded', text: `⚠ ${excluded[candidate.excluded] ?? candidate.excluded}` }) : null,
+      ]);
+      button.addEventListener('click', () => chooseCandidate(candidate));
+      return element('li', {}, [button]);
     }));
-    if (choices.some((choice) => choice.id === previous)) picker.value = previous;
+    note.textContent = !candidates.list.length
+      ? 'No available driver online.'
+      : candidates.source === 'local'
+        ? 'Ranked here by straight-line ETA (this server does not rank candidates).'
+        : `Confirmation asked beyond ${settings.confirmKm} km.`;
   }
 
-  $('cancel-trip').addEventListener('click', () => {
-    $('cancel-confirm').hidden = false;
-    $('cancel-reason').focus();
+  /// Far drivers (beyond the confirmation distance) and drivers who already refused this
+  /// trip need a second click, with what is unusual said plainly.
+  function chooseCandidate(candidate) {
+    const far = isNumber(candidate.distance) && candidate.distance > settings.confirmKm * 1000;
+    if (!far && !candidate.excluded) {
+      assignTo(candidate.id);
+      return;
+    }
+    const reasons = [];
+    if (far) reasons.push(`${metres(candidate.distance)} from the pickup (ETA ${seconds(candidate.eta)})`);
+    if (candidate.excluded) reasons.push(`marked “${candidate.excluded}” for this trip`);
+    candidates.pending = candidate.id;
+    $('assign-confirm-text').textContent = `Driver ${candidate.id} is ${reasons.join(' and ')}. Assign anyway?`;
+    $('assign-confirm').hidden = false;
+    $('assign-confirm-button').focus();
+  }
+
+  $('assign-open').addEventListener('click', openAssign);
+  $('assign-confirm-button').addEventListener('click', () => {
+    if (candidates.pending) assignTo(candidates.pending);
   });
+  $('assign-keep').addEventListener('click', () => {
+    candidates.pending = null;
+    $('assign-confirm').hidden = true;
+  });
+
+  async function assignTo(driverId) {
+    const trip = selectedTrip();
+    if (!trip) return;
+    await act($('assign-confirm-button'), async () => {
+      const updated = await api('POST', `/v1/trips/${encodeURIComponent(trip.id)}/assign`, { driver_id: driverId });
+      storeTrip(updated);
+      closeActionBoxes();
+      inspectorNotice(`Assigned to ${driverId}.`);
+    }, 'Could not assign the trip');
+  }
+
+  $('cancel-trip').addEventListener('click', openCancel);
   $('cancel-keep').addEventListener('click', () => {
-    $('cancel-confirm').hidden = true;
+    $('cancel-box').hidden = true;
   });
   $('cancel-confirm-button').addEventListener('click', async () => {
     const trip = selectedTrip();
     if (!trip) return;
     const reason = $('cancel-reason').value.trim();
+    if (!reason && trip.state === 'in_progress') {
+      inspectorError('Say why: a trip under way is cancelled only with a reason.');
+      $('cancel-reason').focus();
+      return;
+    }
     await act($('cancel-confirm-button'), async () => {
       const updated = await api('POST', `/v1/trips/${encodeURIComponent(trip.id)}/cancel`, reason ? { reason } : {});
       storeTrip(updated);
-      $('cancel-confirm').hidden = true;
+      closeActionBoxes();
       inspectorNotice(`Trip cancelled at ${clock(updated?.updated_at)}.`);
     }, 'Could not cancel the trip');
   });
-  $('assign').addEventListener('click', async () => {
-    const trip = selectedTrip();
-    const driverId = $('assign-driver').value;
-    if (!trip || !driverId) return;
-    await act($('assign'), async () => {
-      const updated = await api('POST', `/v1/trips/${encodeURIComponent(trip.id)}/assign`, { driver_id: driverId });
-      storeTrip(updated);
-      inspectorNotice(`Assigned to ${driverId}.`);
-    }, 'Could not assign the trip');
-  });
+
+  $('resolve-open').addEventListener('click', openResolve);
+  for (const [id, ending] of [['resolve-complete', 'complete'], ['resolve-cancel', 'cancel']]) {
+    $(id).addEventListener('click', async () => {
+      const trip = selectedTrip();
+      if (!trip) return;
+      const reason = $('resolve-reason').value.trim();
+      if (!reason) {
+        inspectorError('Say why: resolving a trip by hand needs a reason.');
+        $('resolve-reason').focus();
+        return;
+      }
+      await act($(id), async () => {
+        const updated = await api('POST', `/v1/trips/${encodeURIComponent(trip.id)}/${ending}`, { reason });
+        storeTrip(updated);
+        model.flags.delete(trip.id);
+        closeActionBoxes();
+        inspectorNotice(ending === 'complete'
+          ? `Trip completed at the estimate (${money(updated?.fare ?? updated?.fare_estimate)}).`
+          : `Trip cancelled at ${clock(updated?.updated_at)}.`);
+      }, ending === 'complete' ? 'Could not complete the trip' : 'Could not cancel the trip');
+    });
+  }
 
   async function act(button, work, failure) {
     button.disabled = true;
@@ -1528,10 +2813,214 @@
       inspectorError(`${failure}: ${describe(error)}`);
     } finally {
       button.disabled = false;
-      renderInspector(false);
+      dirty.alerts = true;
+      renderInspector(true);
       invalidate('map', 'panels');
     }
   }
+
+  // ---------------------------------------------------------------- links
+
+  /// The address of a card: this page with `#trip=<id>` or `#driver=<id>`.
+  function cardUrl(kind, id) {
+    return `${location.origin}${location.pathname}#${kind}=${encodeURIComponent(id)}`;
+  }
+
+  function setHash(kind, id) {
+    const hash = kind ? `#${kind}=${encodeURIComponent(id)}` : '';
+    if (location.hash === hash) return;
+    // pushState: Back returns to the previous card, and no hashchange fires for our own change.
+    history.pushState(null, '', hash || `${location.pathname}${location.search}`);
+  }
+
+  /// Opens the card the address names. Called after sign-in and on hashchange.
+  function followHash() {
+    const hash = location.hash;
+    if (!hash || hash === '#') return;
+    const match = /^#(trip|driver)=([^&]+)$/.exec(hash);
+    let id = null;
+    try {
+      id = match ? decodeURIComponent(match[2]).trim() : null;
+    } catch {
+      id = null;
+    }
+    if (!match || !id || id.length > 100) {
+      showBanner(`This link does not name a trip or a driver (${hash.slice(0, 60)}): links look like #trip=<id> or #driver=<id>.`, 'error', 10_000);
+      $('banner').dataset.link = 'bad';
+      return;
+    }
+    // A good link clears the message a bad one left.
+    if ($('banner').dataset.link === 'bad') $('banner').hidden = true;
+    if (selected && selected.kind === match[1] && selected.id === id) return;
+    select(match[1], id);
+  }
+
+  window.addEventListener('hashchange', () => {
+    if (session.token) followHash();
+  });
+
+  function renderDeepLink() {
+    const url = cardUrl(selected.kind, selected.id);
+    $('inspector-link').hidden = false;
+    if ($('inspector-url').value !== url) $('inspector-url').value = url;
+  }
+
+  $('inspector-copy').addEventListener('click', async () => {
+    const input = $('inspector-url');
+    try {
+      await navigator.clipboard.writeText(input.value);
+      inspectorNotice('Link copied.');
+    } catch {
+      // No clipboard permission (or not a secure context): select it for Ctrl+C.
+      input.focus();
+      input.select();
+      inspectorNotice('Link selected: press Ctrl+C to copy it.');
+    }
+  });
+
+  // ---------------------------------------------------------------- search
+
+  /// Asks the server (ids by prefix, names, plates); without that endpoint, looks through
+  /// what this page holds. Typing searches after a pause; Enter opens the first result.
+  const search = { timer: null, request: 0, first: null };
+  const SEARCH_PAUSE_MS = 250;
+
+  function localSearch(q) {
+    const needle = q.toLowerCase();
+    const trips = [];
+    const passengers = new Map();
+    for (const trip of model.trips.values()) {
+      if (trip.id.toLowerCase().startsWith(needle)) trips.push(trip);
+      if (String(trip.passenger_id).toLowerCase().startsWith(needle)) passengers.set(trip.passenger_id, { id: trip.passenger_id, name: null });
+    }
+    const drivers = [];
+    for (const driver of model.drivers.values()) {
+      if (driver.id.toLowerCase().startsWith(needle)) drivers.push({ id: driver.id, name: null, plate: null, online: { state: driver.state } });
+    }
+    return { trips: trips.slice(0, 20), drivers: drivers.slice(0, 20), passengers: [...passengers.values()].slice(0, 20), local: true };
+  }
+
+  async function runSearch(q) {
+    const request = ++search.request;
+    let result;
+    try {
+      result = await api('GET', `/v1/ops/search?q=${encodeURIComponent(q)}`);
+    } catch (error) {
+      if (missingRoute(error)) {
+        result = localSearch(q);
+      } else {
+        if (request === search.request) showSearchMessage(`Search failed: ${describe(error)}`);
+        return;
+      }
+    }
+    if (request === search.request) renderSearch(q, result);
+  }
+
+  function showSearchMessage(text) {
+    const box = $('search-results');
+    box.replaceChildren(element('p', { className: 'hint muted', text }));
+    box.hidden = false;
+    search.first = null;
+  }
+
+  function searchItem(id, children, open) {
+    const button = element('button', { type: 'button', data: { id } }, children);
+    button.addEventListener('click', () => {
+      $('search-results').hidden = true;
+      open();
+    });
+    return element('li', {}, [button]);
+  }
+
+  function renderSearch(q, result) {
+    const box = $('search-results');
+    const sections = [];
+    const opens = [];
+    const trips = result?.trips ?? [];
+    const drivers = result?.drivers ?? [];
+    const passengers = result?.passengers ?? [];
+    if (drivers.length) {
+      sections.push(element('h3', { text: 'Drivers' }), element('ul', {}, drivers.map((driver) => {
+        const open = () => select('driver', driver.id);
+        opens.push(open);
+        const state = driver.online?.state ?? 'not online';
+        return searchItem(driver.id, [
+          element('span', { className: 'mono', text: driver.id }),
+          element('span', { text: [driver.name, driver.plate].filter(Boolean).join(' · ') }),
+          element('span', { className: 'muted small', text: words(state) }),
+        ], open);
+      })));
+    }
+    if (trips.length) {
+      sections.push(element('h3', { text: 'Trips' }), element('ul', {}, trips.map((trip) => {
+        const open = () => select('trip', trip.id);
+        opens.push(open);
+        return searchItem(trip.id, [
+          element('span', { className: `badge ${trip.state}`, text: words(trip.state) }),
+          element('span', { className: 'mono', text: trip.id }),
+        ], open);
+      })));
+    }
+    if (passengers.length) {
+      sections.push(element('h3', { text: 'Passengers' }), element('ul', {}, passengers.map((passenger) => {
+        const open = () => openPassenger(passenger.id);
+        opens.push(open);
+        return searchItem(passenger.id, [
+          element('span', { className: 'mono', text: passenger.id }),
+          element('span', { text: passenger.name ?? '' }),
+        ], open);
+      })));
+    }
+    if (!sections.length) {
+      showSearchMessage(`Nothing matches “${q}”. Search takes a trip, driver or passenger id (or its start), a driver’s name or plate, a passenger’s name.`);
+      return;
+    }
+    if (result.local) sections.push(element('p', { className: 'hint muted small', text: 'Searched only what this page holds (ids): the server has no search.' }));
+    search.first = opens[0] ?? null;
+    box.replaceChildren(...sections);
+    box.hidden = false;
+  }
+
+  /// A passenger has no card of their own: open their latest trip this page knows.
+  function openPassenger(id) {
+    let latest = null;
+    for (const trip of model.trips.values()) {
+      if (trip.passenger_id === id && (!latest || millis(trip, 'requested_at') > millis(latest, 'requested_at'))) latest = trip;
+    }
+    if (latest) select('trip', latest.id);
+    else showBanner(`Passenger ${id} has no trip in view right now.`, 'warn', 6_000);
+  }
+
+  $('search-input').addEventListener('input', () => {
+    clearTimeout(search.timer);
+    const q = $('search-input').value.trim();
+    if (!q) {
+      $('search-results').hidden = true;
+      return;
+    }
+    search.timer = setTimeout(() => runSearch(q), SEARCH_PAUSE_MS);
+  });
+  $('search-form').addEventListener('submit', async (event) => {
+    event.preventDefault();
+    clearTimeout(search.timer);
+    const q = $('search-input').value.trim();
+    if (!q) {
+      showSearchMessage('Type a trip, driver or passenger id, a driver’s name or plate.');
+      return;
+    }
+    if (q.length > 100) {
+      showSearchMessage('That is too long to be an id, a name or a plate (100 characters at most).');
+      return;
+    }
+    await runSearch(q);
+    if (search.first) {
+      $('search-results').hidden = true;
+      search.first();
+    }
+  });
+  document.addEventListener('pointerdown', (event) => {
+    if (!event.target.closest('#search-form')) $('search-results').hidden = true;
+  });
 
   // ---------------------------------------------------------------- REST
 
@@ -1541,6 +3030,12 @@
       this.status = status;
       this.code = code;
     }
+  }
+
+  /// This server has no such endpoint (an older hail): the caller falls back to what the
+  /// page holds. Told apart from "no such trip" by hail's message for unknown routes.
+  function missingRoute(error) {
+    return error instanceof ApiFailure && error.status === 404 && error.message === 'route not found';
   }
 
   function describe(error) {
@@ -1598,6 +3093,7 @@
     const banner = $('banner');
     banner.textContent = text;
     banner.dataset.kind = kind;
+    delete banner.dataset.link;
     banner.hidden = false;
     clearTimeout(connection.bannerTimer);
     if (hideAfterMs) connection.bannerTimer = setTimeout(() => { banner.hidden = true; }, hideAfterMs);
@@ -1772,6 +3268,8 @@
     applySnapshot(snapshot);
     connect();
     refreshCluster();
+    loadBasemap();
+    followHash();
   }
 
   function signOut(message) {
@@ -1782,9 +3280,14 @@
     model.drivers = new Map();
     model.trips = new Map();
     model.offers = [];
-    model.madeOffers.clear();
+    model.offersById.clear();
+    model.flags = new Map();
     model.figures = null;
+    alerts.list = [];
+    alerts.byTrip = new Map();
+    document.title = TITLE;
     $('inspector').hidden = true;
+    $('layout').classList.remove('inspecting');
     $('banner').hidden = true;
     $('app').hidden = true;
     $('signin').hidden = false;
@@ -1805,6 +3308,9 @@
     $('settings').hidden = !$('settings').hidden;
     $('tile-template').value = tileTemplate;
     $('settings-message').textContent = '';
+    $('alert-settings-message').textContent = '';
+    showSettings();
+    renderTileStatus();
     resizeMap();
   });
   $('settings-form').addEventListener('submit', (event) => {
@@ -1817,7 +3323,7 @@
     if (text) localStorage.setItem(TILE_KEY, text);
     else localStorage.removeItem(TILE_KEY);
     setTileTemplate(text);
-    $('settings-message').textContent = text ? 'Tile layer on.' : 'Tile layer off.';
+    $('settings-message').textContent = text ? 'Tile layer set: its status is on the left.' : 'Tile layer off.';
   });
   $('tile-clear').addEventListener('click', () => {
     localStorage.removeItem(TILE_KEY);
@@ -1842,7 +3348,12 @@
   /// For people and tests looking at the page from outside: read-only views of what is
   /// shown, and `receive` to feed a message as if it came from the socket (for trying
   /// the map with a synthetic fleet).
+  renderLegend();
+
   window.hailConsole = Object.freeze({
+    alerts: () => alerts.list.map(({ tripId, kind, label }) => ({ tripId, kind, label })),
+    basemap: () => basemap.state,
+    edgeMarkers: () => [...edgeMarkers.values()].reduce((sum, bin) => sum + bin.count, 0),
     driverCount: () => model.drivers.size,
     driversDrawn: () => lastFrame.drivers,
     requestsDrawn: () => lastFrame.requests,
