@@ -54,6 +54,7 @@ pub async fn ops_socket(
     principal.require(Role::Operator)?;
     let permit = state.budgets.take(SocketKind::Operator, &principal.id)?;
     Ok(upgrade
+        .max_write_buffer_size(socket::OPERATOR_MAX_WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             let _permit = permit;
             state.rides.metrics.sockets_open.inc();

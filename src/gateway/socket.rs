@@ -24,6 +24,10 @@ const READ_BUFFER_BYTES: usize = 4 * 1024;
 const WRITE_BUFFER_BYTES: usize = 4 * 1024;
 /// The writer's unsent backlog beyond which the socket is failed rather than grown.
 const MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
+/// The same for an operator's stream, whose first message is the snapshot of the whole
+/// fleet and every open trip: about 200 bytes a driver, so tens of megabytes for a
+/// country. Operators are few, known and budgeted ([`SocketKind::Operator`]).
+pub const OPERATOR_MAX_WRITE_BUFFER_BYTES: usize = 128 * 1024 * 1024;
 /// How often the server pings an idle peer.
 pub const KEEPALIVE: Duration = Duration::from_secs(20);
 /// A peer silent this long (not even a pong) is gone.

@@ -207,7 +207,53 @@ async fn the_operator_stream_and_dispatch_run_side_by_side_under_load(backend: B
     );
 }
 
+/// A day's trips make a snapshot far larger than any other socket's messages: the
+/// operator stream still delivers it (it once failed past 256 KiB, and a console then
+/// reconnected for ever).
+async fn a_large_snapshot_still_reaches_the_console(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let passenger = server.passenger().await;
+    let store = &server.app().rides.store;
+    let cause = hail::store::Cause::by(hail::trip::Actor::system(), hail::trip::Timestamp::now());
+    for _ in 0..900 {
+        let new = hail::store::NewTrip {
+            passenger_id: passenger.id.clone(),
+            pickup: gangnam(),
+            dropoff: city_hall(),
+            fare_estimate: hail::trip::Money {
+                amount: 10_000,
+                currency: "KRW".into(),
+            },
+            idempotency_key: None,
+        };
+        let hail::store::Creation::Created(event) = store
+            .create_trip(new, hail::trip::Timestamp::now())
+            .await
+            .unwrap()
+        else {
+            panic!("a new trip")
+        };
+        store
+            .transition(&event.trip_id, &hail::trip::Change::Cancel, &cause, |_| {
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+    let rest = server.get("/v1/ops/snapshot", OPERATOR_TOKEN).await;
+    assert!(rest.body.len() > 256 * 1024, "{} bytes", rest.body.len());
+    let mut ops = ops_ws(&server).await;
+    let snapshot = ops
+        .next_where("snapshot", |m| match m {
+            OpsMessage::Snapshot(snapshot) => Some(snapshot),
+            _ => None,
+        })
+        .await;
+    assert_eq!(snapshot.trips.len(), 900);
+}
+
 crate::on_both_stores!(
+    a_large_snapshot_still_reaches_the_console,
     operator_stream_shows_dispatch_live,
     the_operator_stream_and_dispatch_run_side_by_side_under_load,
     only_operators_may_watch,
