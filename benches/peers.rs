@@ -55,6 +55,8 @@ const HAIL_BATCH: usize = 16;
 /// Query results compared across the three.
 const AGREEMENT_QUERIES: usize = 100;
 const REDIS_KEY: &str = "drivers";
+/// The first radius of the Redis client's growing search.
+const GROWING_FROM_M: f64 = 200.0;
 
 struct Args {
     drivers: usize,
@@ -242,6 +244,8 @@ struct Side {
     memory_bytes: Option<u64>,
     search_1: Phase,
     search_n: Option<Phase>,
+    /// Redis only: the growing-radius search (1 client, N clients) and its answers.
+    growing: Option<(Phase, Phase, Vec<Vec<String>>)>,
     move_1: Phase,
     move_n: Option<Phase>,
     /// The first [`AGREEMENT_QUERIES`] answers, before any move.
@@ -494,9 +498,11 @@ impl Redis {
     }
 }
 
-impl Client for Redis {
-    fn search(&mut self, at: LatLng) -> Vec<String> {
+impl Redis {
+    /// The nearest 8 within `radius_m`.
+    fn geosearch(&mut self, at: LatLng, radius_m: f64) -> Vec<String> {
         let (lng, lat) = (at.lng().to_string(), at.lat().to_string());
+        let radius = radius_m.to_string();
         let reply = self
             .call(&[
                 b"GEOSEARCH",
@@ -505,8 +511,8 @@ impl Client for Redis {
                 lng.as_bytes(),
                 lat.as_bytes(),
                 b"BYRADIUS",
-                b"3",
-                b"km",
+                radius.as_bytes(),
+                b"m",
                 b"ASC",
                 b"COUNT",
                 b"8",
@@ -522,6 +528,27 @@ impl Client for Redis {
                 .collect(),
             other => panic!("GEOSEARCH answered {other:?}"),
         }
+    }
+
+    /// The same answer as one 3 km search, as a client would ask for it: GEOSEARCH
+    /// gathers and sorts every member inside the radius, so start small (200 m) and
+    /// double until 8 are found or the radius reaches 3 km. 8 found within r are the
+    /// nearest 8.
+    fn growing_search(&mut self, at: LatLng) -> Vec<String> {
+        let mut radius = GROWING_FROM_M;
+        loop {
+            let found = self.geosearch(at, radius);
+            if found.len() >= K || radius >= RADIUS_M {
+                return found;
+            }
+            radius = (radius * 2.0).min(RADIUS_M);
+        }
+    }
+}
+
+impl Client for Redis {
+    fn search(&mut self, at: LatLng) -> Vec<String> {
+        self.geosearch(at, RADIUS_M)
     }
 
     fn move_to(&mut self, id: &str, at: LatLng) {
@@ -586,6 +613,10 @@ fn redis_side(data: &Dataset, args: &Args, port: u16) -> io::Result<Side> {
         .iter()
         .map(|q| redis.search(*q))
         .collect();
+    let growing_answers = data.queries[..AGREEMENT_QUERIES.min(data.queries.len())]
+        .iter()
+        .map(|q| redis.growing_search(*q))
+        .collect();
     drop(redis);
     let connect = || Redis::connect(port).expect("connect to Redis");
     let search = |c: &mut Redis, q: &LatLng| drop(std::hint::black_box(c.search(*q)));
@@ -599,6 +630,16 @@ fn redis_side(data: &Dataset, args: &Args, port: u16) -> io::Result<Side> {
         args.phase,
         &connect,
         &search,
+    );
+    let growing = |c: &mut Redis, q: &LatLng| drop(std::hint::black_box(c.growing_search(*q)));
+    let growing_1 = run_clients(1, &data.queries, 50, args.phase, &connect, &growing);
+    let growing_n = run_clients(
+        args.redis_search_clients,
+        &data.queries,
+        20,
+        args.phase,
+        &connect,
+        &growing,
     );
     let move_1 = run_clients(1, first, 50, args.phase, &connect, &moving);
     let move_n = run_clients(
@@ -615,6 +656,7 @@ fn redis_side(data: &Dataset, args: &Args, port: u16) -> io::Result<Side> {
         memory_bytes,
         search_1,
         search_n: Some(search_n),
+        growing: Some((growing_1, growing_n, growing_answers)),
         move_1,
         move_n: Some(move_n),
         answers,
@@ -765,6 +807,7 @@ fn postgis_side(data: &Dataset, args: &Args, port: u16) -> Result<Side, sqlx::Er
         move_1,
         move_n: Some(move_n),
         answers,
+        ..Side::default()
     })
 }
 
@@ -798,6 +841,13 @@ fn agreement(data: &Dataset, a: &Side, b: &Side, tie_m: f64) -> (usize, usize, u
             .collect();
         if x.len() == y.len() && odd.iter().all(|d| (d - kth).abs() <= tie_m) {
             // The sets differ only at the edge: drivers about as far as the 8th.
+            println!(
+                "  edge tie at {:.5},{:.5}: {} and {} differ by drivers at {odd:.2?} m, the 8th at {kth:.2} m",
+                q.lat(),
+                q.lng(),
+                a.name,
+                b.name
+            );
             ties += 1;
             continue;
         }
@@ -1016,6 +1066,27 @@ fn main() {
         &|v| format!("{v:.0} MiB"),
         true,
     );
+    if let Some((one, many, answers)) = redis.as_ref().and_then(|r| r.growing.as_ref()) {
+        let grown = Side {
+            name: "Redis growing",
+            answers: answers.clone(),
+            ..Side::default()
+        };
+        let (same, ties, differ) = agreement(&data, &hail, &grown, tie_m);
+        println!();
+        println!(
+            "Redis GEO asked as a client would (GEOSEARCH from {GROWING_FROM_M} m, doubling to 3 km until 8 are found): \
+             nearest 8 median {} (p99 {}) with 1 client, {} with {} clients (median {} under that load); \
+             hail/Redis on the median {}; agreement with hail {same}/{} identical, {ties} edge ties, {differ} other",
+            latency(one.median_us()),
+            latency(one.percentile_us(0.99)),
+            rate(many.per_second()),
+            many.clients,
+            latency(many.median_us()),
+            ratio(hail.search_1.median_us(), Some(one.median_us()), true),
+            hail.answers.len(),
+        );
+    }
     println!();
     println!(
         "ops measured: hail search {} / move {} (batches of {HAIL_BATCH}, mean per op); {}",
