@@ -178,8 +178,6 @@ pub struct Book {
     fleet_changed: bool,
     /// The book may have missed something (a refused offer, a full inbox): reload it.
     pub out_of_step: bool,
-    /// Batched matching: when the open window closes (`None`: no trip waits).
-    batch_due: Option<Instant>,
 }
 
 /// Converts a wall-clock time into this process's monotonic clock, as of `now`/`wall`.
@@ -203,7 +201,6 @@ impl Book {
             reserved: HashMap::new(),
             fleet_changed: false,
             out_of_step: false,
-            batch_due: None,
         }
     }
 
@@ -251,7 +248,8 @@ impl Book {
                 deadline: since + self.policy.deadline,
                 excluded: excluded.into_iter().collect(),
                 offer: None,
-                next_search: now,
+                // Batched: first weighed when its window closes.
+                next_search: now + self.policy.batch.map_or(Duration::ZERO, |b| b.window),
                 offered: false,
                 expiring: false,
             },
@@ -470,6 +468,7 @@ impl Book {
         let outermost = self.policy.radii_m.iter().copied().fold(0.0, f64::max);
         let reserved = &mut self.reserved;
         let mut due = Vec::new();
+        let mut solve_now = false;
         for (trip_id, pending) in &mut self.trips {
             if pending.deadline <= now {
                 if !pending.expiring {
@@ -484,9 +483,16 @@ impl Book {
             if pending.offer.is_some() {
                 continue;
             }
-            if self.policy.batch.is_some() {
-                // Weighed with the others when the window closes.
+            if let Some(batch) = self.policy.batch {
+                // Weighed with the others once a window closes: its own (`next_search`),
+                // or, when a driver became free, any that has already waited one.
+                if pending.next_search <= now
+                    || (fleet_changed && pending.since + batch.window <= now)
+                {
+                    solve_now = true;
+                }
                 due.push(trip_id.clone());
+                next = next.min(pending.next_search.max(now + Duration::from_millis(1)));
                 continue;
             }
             if fleet_changed || pending.next_search <= now {
@@ -523,16 +529,13 @@ impl Book {
             }
             next = next.min(pending.next_search.max(now + Duration::from_millis(1)));
         }
-        if let Some(batch) = self.policy.batch {
-            if due.is_empty() {
-                self.batch_due = None;
-            } else {
-                let closes = *self.batch_due.get_or_insert(now + batch.window);
-                if closes <= now {
-                    effects.extend(self.solve_batch(due, fleet, now, wall));
-                    self.batch_due = Some(now + batch.window);
+        if solve_now {
+            effects.extend(self.solve_batch(due, fleet, now, wall));
+            if let Some(window) = self.policy.batch.map(|b| b.window) {
+                for pending in self.trips.values().filter(|p| p.offer.is_none()) {
+                    next = next.min(pending.next_search.max(now + Duration::from_millis(1)));
                 }
-                next = next.min(self.batch_due.unwrap_or(next));
+                next = next.min(now + window);
             }
         }
         // Lapses before expiries before offers: an expiring trip's lapsed driver is freed
@@ -676,6 +679,12 @@ impl Book {
             }
         }
         let mut effects = Vec::new();
+        for trip_id in &due {
+            // Unmatched: weighed again when the next window closes (or a driver frees).
+            if let Some(pending) = self.trips.get_mut(trip_id) {
+                pending.next_search = now + policy.window;
+            }
+        }
         for (position, driver) in assigned.into_iter().enumerate() {
             let trip_id = &due[position];
             let (Some(driver), Some(pending)) = (driver, self.trips.get_mut(trip_id)) else {

@@ -357,15 +357,19 @@ fn the_trap(book: &mut Book, now: Instant, wall: Timestamp) -> FleetIndex {
     fleet
 }
 
+/// Requests arriving one after the other, each offered at once: `a` takes `x`.
 #[test]
 fn greedy_falls_into_the_nearest_first_trap() {
     let (now, wall) = (Instant::now(), Timestamp(1_000_000));
     let mut book = book();
-    let fleet = the_trap(&mut book, now, wall);
-    let (effects, _) = book.step(&fleet, now, wall);
-    let mut made = offers(&effects);
-    made.sort();
-    assert_eq!(made, [("a", "x"), ("b", "y")]);
+    let fleet = fleet(&[("x", 700.0), ("y", -900.0)], now);
+    book.submit(&trip_at("a", wall, 0.0), [], now, wall);
+    let (first, _) = book.step(&fleet, now, wall);
+    let later = now + Duration::from_millis(200);
+    book.submit(&trip_at("b", wall, 1_500.0), [], later, wall);
+    let (second, _) = book.step(&fleet, later, wall);
+    assert_eq!(offers(&first), [("a", "x")]);
+    assert_eq!(offers(&second), [("b", "y")]);
 }
 
 #[test]
