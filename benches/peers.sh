@@ -88,6 +88,8 @@ pg_port=$(free_port)
     start >/dev/null
 pg_started=1
 
+# Build first, so the load printed is the load the measurements ran under.
+cargo bench --locked --bench peers --no-run 2>&1 | grep -v '^ *Compiling' >&2 || true
 echo "load before: $(uptime)"
 echo "servers: redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on :$redis_port," \
     "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') + PostGIS on :$pg_port" \
