@@ -62,7 +62,7 @@ name, path = sys.argv[1], sys.argv[2]
 s = json.load(open(path))
 p = s["pickups"]
 def ms(x):
-    return "-" if x is None else (f"{x/1000:.1f} s" if x >= 1000 else f"{x:.0f} ms")
+    return "-" if x is None else (f"{x/1000:.2f} s" if x >= 1000 else f"{x:.0f} ms")
 free, waited = s["offer_latency_free_ms"], s["offer_latency_waited_ms"]
 print(f"| {name} | {p['mean_m']:.0f} m | {p['p90_m']:.0f} m | {p['mean_eta_s']:.0f} s "
       f"| {s['trips_completed']} of {s['trips_requested']} ({100*s['completed_share']:.0f} %) "
