@@ -17,10 +17,7 @@ use futures_util::FutureExt;
 use hail::{
     fleet::DriverStatus,
     geometry::LatLng,
-    protocol::{
-        DriverMessage,
-        rest::{Credentials, DriverSignup, Vehicle},
-    },
+    protocol::DriverMessage,
     trip::{Trip, TripState},
 };
 use reqwest::StatusCode;
@@ -286,17 +283,7 @@ async fn named_driver(
     plate: &str,
     position: LatLng,
 ) -> (Account, Ws) {
-    let signup = DriverSignup {
-        name: name.into(),
-        vehicle: Vehicle {
-            plate: plate.into(),
-        },
-    };
-    let credentials: Credentials = server
-        .post("/v1/drivers", OPERATOR_TOKEN, &signup)
-        .await
-        .expect(StatusCode::CREATED);
-    let account = Account::from(credentials);
+    let account = server.driver_named(name, plate).await;
     let ws = server.connect_driver(&account, position).await;
     (account, ws)
 }

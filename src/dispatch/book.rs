@@ -465,7 +465,6 @@ impl Book {
             }
         }
 
-        let outermost = self.policy.radii_m.iter().copied().fold(0.0, f64::max);
         let reserved = &mut self.reserved;
         let mut due = Vec::new();
         let mut solve_now = false;
@@ -496,16 +495,7 @@ impl Book {
                 continue;
             }
             if fleet_changed || pending.next_search <= now {
-                let exclude = |driver_id: &str| {
-                    reserved.contains_key(driver_id) || pending.excluded.contains(driver_id)
-                };
-                let nearest = fleet.nearest_available(
-                    pending.pickup,
-                    outermost,
-                    self.policy.max_candidates,
-                    now,
-                    &exclude,
-                );
+                let nearest = candidates(&self.policy, fleet, pending, reserved, now);
                 let ranked =
                     rank_candidates(&nearest, &self.policy.radii_m, pending.pickup, &*self.eta);
                 match ranked.first() {
@@ -547,6 +537,27 @@ impl Book {
         });
         (effects, next)
     }
+}
+
+/// The nearest drivers a waiting trip may be offered to: dispatchable, within the
+/// outermost radius, holding no offer, and not excluded from it.
+fn candidates(
+    policy: &Policy,
+    fleet: &dyn FleetView,
+    pending: &Pending,
+    reserved: &HashMap<String, String>,
+    now: Instant,
+) -> Vec<Candidate> {
+    let outermost = policy.radii_m.iter().copied().fold(0.0, f64::max);
+    let exclude =
+        |driver_id: &str| reserved.contains_key(driver_id) || pending.excluded.contains(driver_id);
+    fleet.nearest_available(
+        pending.pickup,
+        outermost,
+        policy.max_candidates,
+        now,
+        &exclude,
+    )
 }
 
 /// The driver a trip is offered to, and how it was chosen.
@@ -630,7 +641,6 @@ impl Book {
         let started = std::time::Instant::now();
         due.sort_by_key(|trip_id| self.trips.get(trip_id).map(|p| p.since));
         due.truncate(policy.max_trips);
-        let outermost = self.policy.radii_m.iter().copied().fold(0.0, f64::max);
         let mut drivers: Vec<std::sync::Arc<str>> = Vec::new();
         let mut index_of: HashMap<std::sync::Arc<str>, usize> = HashMap::new();
         let mut ranked_per_trip = Vec::with_capacity(due.len());
@@ -641,16 +651,7 @@ impl Book {
                 options.push(Vec::new());
                 continue;
             };
-            let exclude = |driver_id: &str| {
-                self.reserved.contains_key(driver_id) || pending.excluded.contains(driver_id)
-            };
-            let nearest = fleet.nearest_available(
-                pending.pickup,
-                outermost,
-                self.policy.max_candidates,
-                now,
-                &exclude,
-            );
+            let nearest = candidates(&self.policy, fleet, pending, &self.reserved, now);
             let ranked = rank_all(&nearest, &self.policy.radii_m, pending.pickup, &*self.eta);
             options.push(
                 ranked

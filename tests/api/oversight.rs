@@ -8,7 +8,7 @@ use hail::{
     geometry::LatLng,
     protocol::{
         operators::{Candidates, DriverCard, SearchResults},
-        rest::{AssignRequest, Credentials, DriverSignup, Vehicle},
+        rest::AssignRequest,
     },
     trip::{Actor, EventKind, Role, Trip, TripState},
 };
@@ -22,20 +22,6 @@ const LOST_AFTER_MS: u64 = 1_500;
 
 async fn with_short_loss(backend: Backend) -> TestServer {
     TestServer::start_with(backend, |c| c.dispatch.driver_lost_after_ms = LOST_AFTER_MS).await
-}
-
-async fn driver_named(server: &TestServer, name: &str, plate: &str) -> Account {
-    let signup = DriverSignup {
-        name: name.into(),
-        vehicle: Vehicle {
-            plate: plate.into(),
-        },
-    };
-    let credentials: Credentials = server
-        .post("/v1/drivers", OPERATOR_TOKEN, &signup)
-        .await
-        .expect(StatusCode::CREATED);
-    Account::from(credentials)
 }
 
 /// A passenger's trip from `pickup`, accepted by a driver 100 m away, who then arrived and
@@ -210,8 +196,8 @@ async fn a_vanished_driver_mid_ride_is_flagged_for_an_operator_to_resolve(backen
 
 async fn operators_find_trips_drivers_and_passengers(backend: Backend) {
     let server = TestServer::start(backend).await;
-    let kim = driver_named(&server, "Kim Minsoo", "서울12가3456").await;
-    let _lee = driver_named(&server, "Lee 50%_off", "34나5678").await;
+    let kim = server.driver_named("Kim Minsoo", "서울12가3456").await;
+    let _lee = server.driver_named("Lee 50%_off", "34나5678").await;
     let _kim_ws = server.connect_driver(&kim, near_gangnam(100.0)).await;
     let passenger = server.passenger().await;
     let trip = server

@@ -256,10 +256,14 @@ impl Client {
     }
 
     pub async fn driver(&self) -> Account {
+        self.driver_named("Junho", "12가3456").await
+    }
+
+    pub async fn driver_named(&self, name: &str, plate: &str) -> Account {
         let signup = DriverSignup {
-            name: "Junho".into(),
+            name: name.into(),
             vehicle: Vehicle {
-                plate: "12가3456".into(),
+                plate: plate.into(),
             },
         };
         let credentials: Credentials = self
