@@ -13,6 +13,7 @@ use crate::{
     config::DispatchConfig,
     dispatch::rank::{Eta, StraightLineEta},
     error::ApiError,
+    fleet::Fleet,
     protocol::{
         operators::{
             CandidateView, Candidates, DriverCard, Figures, Minute, OfferLog, OfferOutcome,
@@ -20,7 +21,6 @@ use crate::{
         },
         rest::{ClusterView, NodeView},
     },
-    rides::Rides,
     store::{AccountRecord, SEARCH_LIMIT, SNAPSHOT_TERMINAL_TRIPS, Store, StoreError},
     trip::{EventKind, Role, Timestamp, TripEvent, TripState},
 };
@@ -37,6 +37,15 @@ pub const NODE_SEEN_WITHIN_MS: i64 = 10_000;
 /// breadth, farther than dispatch ever searches, for the trips nobody near can take.
 const CANDIDATES: usize = 20;
 const CANDIDATES_WITHIN_M: f64 = 50_000.0;
+
+/// What operators' views read: the store, the fleet, the figures and the dispatch policy
+/// (a node's `Rides` lends them, `Rides::sources`).
+pub struct Sources<'a> {
+    pub store: &'a Store,
+    pub fleet: &'a Fleet,
+    pub tally: &'a Tally,
+    pub config: &'a DispatchConfig,
+}
 
 /// Counts trips and offers per minute for the console's figures.
 #[derive(Default)]
@@ -159,8 +168,8 @@ pub fn percentile(sorted: &[f64], quantile: f64) -> Option<f64> {
 /// Everything an operator sees at once: every online driver, every open trip and the
 /// most recent finished ones, the figures, the latest offers, the rides that need a
 /// person, and the policy behind the countdowns.
-pub async fn snapshot(rides: &Rides) -> Result<Snapshot, StoreError> {
-    let (store, fleet, tally) = (&rides.store, &*rides.fleet, &rides.tally);
+pub async fn snapshot(sources: &Sources<'_>) -> Result<Snapshot, StoreError> {
+    let (store, fleet, tally) = (sources.store, sources.fleet, sources.tally);
     let open = [
         TripState::Requested,
         TripState::Accepted,
@@ -198,7 +207,7 @@ pub async fn snapshot(rides: &Rides) -> Result<Snapshot, StoreError> {
         figures: tally.figures(Timestamp::now()),
         offers,
         flags,
-        policy: policy(&rides.config),
+        policy: policy(sources.config),
     })
 }
 
@@ -215,17 +224,17 @@ fn policy(config: &DispatchConfig) -> Policy {
 }
 
 /// A driver's account, where it is, and its active trip.
-pub async fn driver_card(rides: &Rides, driver_id: &str) -> Result<DriverCard, ApiError> {
-    match rides.store.account(driver_id).await? {
-        Some(account) if account.role == Role::Driver => card_of(rides, account).await,
+pub async fn driver_card(sources: &Sources<'_>, driver_id: &str) -> Result<DriverCard, ApiError> {
+    match sources.store.account(driver_id).await? {
+        Some(account) if account.role == Role::Driver => card_of(sources, account).await,
         _ => Err(ApiError::not_found("driver")),
     }
 }
 
-async fn card_of(rides: &Rides, account: AccountRecord) -> Result<DriverCard, ApiError> {
-    let trip = rides.store.active_trip_of_driver(&account.id).await?;
+async fn card_of(sources: &Sources<'_>, account: AccountRecord) -> Result<DriverCard, ApiError> {
+    let trip = sources.store.active_trip_of_driver(&account.id).await?;
     Ok(DriverCard {
-        online: rides.fleet.view(&account.id, Instant::now()),
+        online: sources.fleet.view(&account.id, Instant::now()),
         id: account.id,
         name: account.name,
         plate: account.plate,
@@ -235,12 +244,12 @@ async fn card_of(rides: &Rides, account: AccountRecord) -> Result<DriverCard, Ap
 
 /// Trips, drivers and passengers matching `text`: ids exactly or by prefix, names and
 /// plates as substrings. A matched account's latest trip comes with it.
-pub async fn search(rides: &Rides, text: &str) -> Result<SearchResults, ApiError> {
-    let mut trips = rides.store.find_trips(text).await?;
+pub async fn search(sources: &Sources<'_>, text: &str) -> Result<SearchResults, ApiError> {
+    let mut trips = sources.store.find_trips(text).await?;
     let mut drivers = Vec::new();
     let mut passengers = Vec::new();
-    for account in rides.store.find_accounts(text).await? {
-        if let Some(trip) = rides.store.latest_trip_of(&account.id).await?
+    for account in sources.store.find_accounts(text).await? {
+        if let Some(trip) = sources.store.latest_trip_of(&account.id).await?
             && trips.len() < SEARCH_LIMIT as usize
             && !trips.iter().any(|known| known.id == trip.id)
         {
@@ -248,7 +257,7 @@ pub async fn search(rides: &Rides, text: &str) -> Result<SearchResults, ApiError
         }
         match account.role {
             Role::Driver if drivers.len() < SEARCH_LIMIT as usize => {
-                drivers.push(card_of(rides, account).await?)
+                drivers.push(card_of(sources, account).await?)
             }
             Role::Passenger if passengers.len() < SEARCH_LIMIT as usize => {
                 passengers.push(PassengerCard {
@@ -268,33 +277,33 @@ pub async fn search(rides: &Rides, text: &str) -> Result<SearchResults, ApiError
 
 /// Drivers an operator could assign the trip to, nearest pickup ETA first, marked when
 /// dispatch will not offer them this trip again.
-pub async fn candidates(rides: &Rides, trip_id: &str) -> Result<Candidates, ApiError> {
-    let trip = rides
+pub async fn candidates(sources: &Sources<'_>, trip_id: &str) -> Result<Candidates, ApiError> {
+    let trip = sources
         .store
         .trip(trip_id)
         .await?
         .ok_or_else(|| ApiError::not_found("trip"))?;
-    let excluded: HashMap<String, String> = rides
+    let excluded: HashMap<String, String> = sources
         .store
         .exclusion_reasons(trip_id)
         .await?
         .into_iter()
         .collect();
     let eta = StraightLineEta {
-        detour_factor: rides.config.detour_factor,
-        speed_mps: rides.config.urban_speed_mps,
+        detour_factor: sources.config.detour_factor,
+        speed_mps: sources.config.urban_speed_mps,
     };
     let now = Instant::now();
     let nearest =
-        rides
+        sources
             .fleet
             .nearest_available(trip.pickup, CANDIDATES_WITHIN_M, CANDIDATES, now, |_| false);
     let mut candidates = Vec::with_capacity(nearest.len());
     for candidate in nearest {
-        let Some(view) = rides.fleet.view(&candidate.driver_id, now) else {
+        let Some(view) = sources.fleet.view(&candidate.driver_id, now) else {
             continue;
         };
-        let account = rides.store.account(&candidate.driver_id).await?;
+        let account = sources.store.account(&candidate.driver_id).await?;
         candidates.push(CandidateView {
             driver_id: candidate.driver_id.to_string(),
             name: account.as_ref().map(|a| a.name.clone()).unwrap_or_default(),

@@ -76,7 +76,7 @@ async fn send(socket: &mut WebSocket, message: &OpsMessage) -> Result<(), ()> {
 async fn resync(state: &AppState, socket: &mut WebSocket) -> Result<u64, ()> {
     let rides = &state.rides;
     let version = rides.fleet.version();
-    match ops::snapshot(rides).await {
+    match ops::snapshot(&rides.sources()).await {
         Ok(snapshot) => send(socket, &OpsMessage::Snapshot(snapshot))
             .await
             .map(|_| version),

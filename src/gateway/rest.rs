@@ -347,7 +347,7 @@ pub async fn snapshot(
 ) -> Result<ApiJson<Snapshot>, ApiError> {
     principal.require(Role::Operator)?;
     let rides = &state.rides;
-    Ok(ApiJson(ops::snapshot(rides).await?))
+    Ok(ApiJson(ops::snapshot(&rides.sources()).await?))
 }
 
 /// Longest search text, in characters.
@@ -369,7 +369,7 @@ pub async fn search(
         MAX_SEARCH_CHARS,
     )?;
     state.limits.write(&principal)?;
-    Ok(ApiJson(ops::search(&state.rides, &text).await?))
+    Ok(ApiJson(ops::search(&state.rides.sources(), &text).await?))
 }
 
 #[utoipa::path(get, path = "/v1/ops/drivers/{id}", tag = "operations", security(("bearer" = [])),
@@ -382,7 +382,9 @@ pub async fn driver_card(
     Path(id): Path<String>,
 ) -> Result<ApiJson<DriverCard>, ApiError> {
     principal.require(Role::Operator)?;
-    Ok(ApiJson(ops::driver_card(&state.rides, &id).await?))
+    Ok(ApiJson(
+        ops::driver_card(&state.rides.sources(), &id).await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/ops/trips/{id}/candidates", tag = "operations", security(("bearer" = [])),
@@ -395,7 +397,7 @@ pub async fn candidates(
     Path(id): Path<String>,
 ) -> Result<ApiJson<Candidates>, ApiError> {
     principal.require(Role::Operator)?;
-    Ok(ApiJson(ops::candidates(&state.rides, &id).await?))
+    Ok(ApiJson(ops::candidates(&state.rides.sources(), &id).await?))
 }
 
 #[utoipa::path(get, path = "/v1/ops/cluster", tag = "operations", security(("bearer" = [])),

@@ -84,6 +84,16 @@ impl Rides {
         }
     }
 
+    /// What the operators' views read (`ops`).
+    pub fn sources(&self) -> crate::ops::Sources<'_> {
+        crate::ops::Sources {
+            store: &self.store,
+            fleet: &self.fleet,
+            tally: &self.tally,
+            config: &self.config,
+        }
+    }
+
     /// The commit path: applies a committed change here, then tells the other nodes.
     pub fn commit(&self, note: Note) {
         self.apply(&note, Origin::Here);
