@@ -433,7 +433,10 @@ async fn run_model(
                         rides.driver_step(driver, &id, Change::Start, now).await,
                         TripState::InProgress,
                     ),
-                    _ => (rides.complete(driver, &id, now).await, TripState::Completed),
+                    _ => (
+                        rides.complete(driver, &id, None, now).await,
+                        TripState::Completed,
+                    ),
                 };
                 let after = result.map_err(|e| TestCaseError::fail(format!("{context}: {e}")))?;
                 prop_assert_eq!(after.state, next);

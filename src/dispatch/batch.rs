@@ -23,30 +23,19 @@ const FORBIDDEN: i64 = 1_000_000_000_000;
 /// (pickup ETA in milliseconds).
 pub type Options = Vec<(usize, i64)>;
 
-/// A part of the problem solved on its own.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Part {
-    /// The trips in it (indices into the window's trips).
-    pub trips: Vec<usize>,
-    pub drivers: usize,
-}
-
-/// The best assignment: for each trip, its driver (or none), and the parts it was solved
-/// in (for the audit log: each offer says how large its batch was).
-pub fn assign(options: &[Options], drivers: usize) -> (Vec<Option<usize>>, Vec<Part>) {
+/// The best assignment: for each trip, its driver (or none), and how many trips the part
+/// it was solved in held (0 for a trip without candidates) — the audit log's batch size.
+pub fn assign(options: &[Options], drivers: usize) -> (Vec<Option<usize>>, Vec<usize>) {
     let mut assigned = vec![None; options.len()];
-    let mut parts = Vec::new();
+    let mut part_size = vec![0; options.len()];
     for (trips, part_drivers) in components(options, drivers) {
         let chosen = solve(options, &trips, &part_drivers);
         for (trip, driver) in trips.iter().zip(chosen) {
             assigned[*trip] = driver;
+            part_size[*trip] = trips.len();
         }
-        parts.push(Part {
-            trips,
-            drivers: part_drivers.len(),
-        });
     }
-    (assigned, parts)
+    (assigned, part_size)
 }
 
 /// Trips linked by a shared candidate, with the drivers they share (union–find over
@@ -179,9 +168,9 @@ mod tests {
         // second-best almost as close. Greedy gives trip 0 driver 0 and leaves trip 1
         // without a driver (or with a far one); the batch gives each a driver.
         let options = vec![vec![(0, 60_000), (1, 70_000)], vec![(0, 65_000)]];
-        let (assigned, parts) = assign(&options, 2);
+        let (assigned, part_size) = assign(&options, 2);
         assert_eq!(assigned, [Some(1), Some(0)]);
-        assert_eq!(parts.len(), 1);
+        assert_eq!(part_size, [2, 2]);
         // With a cheaper far option the total decides.
         let options = vec![
             vec![(0, 60_000), (1, 300_000)],
@@ -200,9 +189,13 @@ mod tests {
             vec![(1, 3), (2, 4)],
             vec![],
         ];
-        let (assigned, parts) = assign(&options, 3);
+        let (assigned, part_size) = assign(&options, 3);
         assert_eq!(assigned, [None, Some(0), None, Some(1), None]);
-        assert_eq!(parts.len(), 2, "{parts:?}");
+        assert_eq!(
+            part_size,
+            [3, 3, 3, 1, 0],
+            "two parts, and a trip with no candidate"
+        );
     }
 
     #[test]

@@ -33,35 +33,49 @@ pub struct RankedCandidate {
     pub radius_m: f64,
 }
 
-/// Candidates of the innermost radius that has any, best ETA first. `nearest` is sorted by
-/// distance and bounded by the outermost radius.
+/// Candidates of the innermost radius that has any, best ETA first (greedy dispatch).
+/// `nearest` is bounded by the outermost radius.
 pub fn rank_candidates(
     nearest: &[Candidate],
     radii_m: &[f64],
     pickup: LatLng,
     eta: &dyn Eta,
 ) -> Vec<RankedCandidate> {
-    for &radius_m in radii_m {
-        let mut tier: Vec<RankedCandidate> = nearest
-            .iter()
-            .filter(|c| c.distance_m <= radius_m)
-            .map(|c| RankedCandidate {
+    let mut ranked = rank_all(nearest, radii_m, pickup, eta);
+    let tier = radii_m
+        .iter()
+        .find(|r| ranked.iter().any(|c| c.radius_m == **r))
+        .copied();
+    ranked.retain(|c| Some(c.radius_m) == tier);
+    ranked
+}
+
+/// Every candidate within a search radius, each with the first radius (in the configured
+/// order) it falls in, best ETA first: what batched matching weighs.
+pub fn rank_all(
+    nearest: &[Candidate],
+    radii_m: &[f64],
+    pickup: LatLng,
+    eta: &dyn Eta,
+) -> Vec<RankedCandidate> {
+    let mut ranked: Vec<RankedCandidate> = nearest
+        .iter()
+        .filter_map(|c| {
+            let radius_m = radii_m.iter().copied().find(|r| c.distance_m <= *r)?;
+            Some(RankedCandidate {
                 driver_id: c.driver_id.clone(),
                 distance_m: c.distance_m,
                 eta_s: eta.pickup_eta_s(c.position, pickup, c.distance_m),
                 radius_m,
             })
-            .collect();
-        if !tier.is_empty() {
-            tier.sort_by(|a, b| {
-                a.eta_s
-                    .total_cmp(&b.eta_s)
-                    .then(a.distance_m.total_cmp(&b.distance_m))
-            });
-            return tier;
-        }
-    }
-    Vec::new()
+        })
+        .collect();
+    ranked.sort_by(|a, b| {
+        a.eta_s
+            .total_cmp(&b.eta_s)
+            .then(a.distance_m.total_cmp(&b.distance_m))
+    });
+    ranked
 }
 
 #[cfg(test)]

@@ -230,16 +230,11 @@ pub async fn complete(
 ) -> Result<ApiJson<Trip>, ApiError> {
     let reason = optional_reason(request, &state).await?;
     state.limits.write(&principal)?;
-    let now = Instant::now();
-    if principal.role == Role::Operator {
-        state
-            .rides
-            .resolve_complete(&principal, &id, reason, now)
-            .await
-    } else {
-        state.rides.complete(&principal, &id, now).await
-    }
-    .map(ApiJson)
+    state
+        .rides
+        .complete(&principal, &id, reason, Instant::now())
+        .await
+        .map(ApiJson)
 }
 
 /// A body that is nothing, `null`, or `{"reason": …}`: the reason, validated.

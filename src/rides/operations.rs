@@ -123,13 +123,31 @@ impl Rides {
         Ok(transition.event.trip)
     }
 
+    /// The ride ends: by its driver, metered ([`Self::metered_complete`]); by an operator
+    /// resolving a ride whose driver cannot, at the estimate and with a reason
+    /// ([`Self::complete_at_estimate`]). Anyone else may not.
+    pub async fn complete(
+        &self,
+        principal: &Principal,
+        trip_id: &str,
+        reason: Option<String>,
+        now: Instant,
+    ) -> Result<Trip, ApiError> {
+        if principal.role == Role::Operator {
+            self.complete_at_estimate(principal, trip_id, reason, now)
+                .await
+        } else {
+            self.metered_complete(principal, trip_id, now).await
+        }
+    }
+
     /// The driver ends the ride. The fare comes from the distance actually driven since
     /// `started` (pings implying an impossible speed left out); if this node did not see the
     /// whole ride (it restarted mid-trip), the straight line from pickup to drop-off ×
     /// detour factor stands in as the least the ride can have been. Whatever the meter
     /// says, the fare is at most `HAIL_FARE_CAP_FACTOR` × the estimate; a capped fare says
     /// so in its event's `reason` (and `hail_fares_capped_total`), for review.
-    pub async fn complete(
+    async fn metered_complete(
         &self,
         driver: &Principal,
         trip_id: &str,
@@ -256,7 +274,7 @@ impl Rides {
 
     /// An operator ends a ride under way whose driver cannot (vanished, phone dead): the
     /// trip completes at its estimate, with the operator's reason in the event.
-    pub async fn resolve_complete(
+    async fn complete_at_estimate(
         &self,
         operator: &Principal,
         trip_id: &str,

@@ -116,11 +116,28 @@ async fn a_vanished_driver_mid_ride_is_flagged_for_an_operator_to_resolve(backen
             ErrorCode::ReasonRequired
         );
     }
-    // Before pickup an operator's cancel needs none.
+    // Before pickup an operator's cancel needs none; completing a trip nobody picked up
+    // is refused whoever asks, and changes nothing.
     let waiting = server.passenger().await;
     let early = server
         .request_trip(&waiting, near_gangnam(30_000.0), city_hall())
         .await;
+    let refused = server
+        .post(
+            &path(&early, "complete"),
+            OPERATOR_TOKEN,
+            &json!({"reason": "test"}),
+        )
+        .await;
+    assert_eq!(
+        refused.error(StatusCode::CONFLICT),
+        ErrorCode::InvalidTransition
+    );
+    let refused = server
+        .post(&path(&early, "complete"), &waiting.token, &json!({}))
+        .await;
+    assert_eq!(refused.error(StatusCode::FORBIDDEN), ErrorCode::Forbidden);
+    assert_eq!(server.trip(&early.id, OPERATOR_TOKEN).await, early);
     let _: Trip = server
         .post(&path(&early, "cancel"), OPERATOR_TOKEN, &json!({}))
         .await

@@ -10,10 +10,9 @@ use super::{Book, Effect, FleetView, OpenOffer, Pending, Policy};
 use crate::{
     dispatch::{
         batch,
-        rank::{Eta, RankedCandidate},
+        rank::{self, RankedCandidate},
     },
     fleet::Candidate,
-    geometry::LatLng,
     ids::new_id,
     protocol::{OfferMessage, operators::BatchInfo},
     store::NewOffer,
@@ -133,7 +132,7 @@ impl Book {
                 continue;
             };
             let nearest = candidates(&self.policy, fleet, pending, &self.reserved, now);
-            let ranked = rank_all(&nearest, &self.policy.radii_m, pending.pickup, &*self.eta);
+            let ranked = rank::rank_all(&nearest, &self.policy.radii_m, pending.pickup, &*self.eta);
             options.push(
                 ranked
                     .iter()
@@ -152,14 +151,8 @@ impl Book {
             );
             ranked_per_trip.push(ranked);
         }
-        let (assigned, parts) = batch::assign(&options, drivers.len());
+        let (assigned, part_size) = batch::assign(&options, drivers.len());
         let solve_us = started.elapsed().as_micros() as u64;
-        let mut part_size = vec![0; due.len()];
-        for part in &parts {
-            for &trip in &part.trips {
-                part_size[trip] = part.trips.len();
-            }
-        }
         let mut effects = Vec::new();
         for trip_id in &due {
             // Unmatched: weighed again when the next window closes (or a driver frees).
@@ -195,33 +188,4 @@ impl Book {
         }
         effects
     }
-}
-
-/// Every candidate within the outermost radius, each with the innermost radius it falls
-/// in, best pickup ETA first (batched matching weighs them all; greedy takes the innermost
-/// tier's best, [`rank_candidates`]).
-fn rank_all(
-    nearest: &[Candidate],
-    radii_m: &[f64],
-    pickup: LatLng,
-    eta: &dyn Eta,
-) -> Vec<RankedCandidate> {
-    let mut ranked: Vec<RankedCandidate> = nearest
-        .iter()
-        .filter_map(|c| {
-            let radius_m = radii_m.iter().copied().find(|r| c.distance_m <= *r)?;
-            Some(RankedCandidate {
-                driver_id: c.driver_id.clone(),
-                distance_m: c.distance_m,
-                eta_s: eta.pickup_eta_s(c.position, pickup, c.distance_m),
-                radius_m,
-            })
-        })
-        .collect();
-    ranked.sort_by(|a, b| {
-        a.eta_s
-            .total_cmp(&b.eta_s)
-            .then(a.distance_m.total_cmp(&b.distance_m))
-    });
-    ranked
 }
