@@ -7,44 +7,37 @@
 //! In a cluster every node holds the whole fleet: drivers whose socket is on this node
 //! change here first; the others arrive as [`DriverRecord`]s from the node holding them.
 //!
-//! Positions are indexed as unit vectors on the sphere in an `rstar` R-tree. A moving
-//! driver costs a remove + insert in an R-tree, so each driver is stored with a *slack
-//! box* around it: a ping that stays inside the box only updates the slot, and the tree is
-//! touched only when the driver leaves it. Queries walk the tree in order of distance to
-//! the boxes — a lower bound of the true distance — and stop once that bound exceeds the
-//! k-th best true distance found.
+//! Positions are indexed in an `rstar` R-tree whose leaves are pages of a latitude/longitude
+//! grid, each holding its drivers' query rows inline ([`pages`]): a ping inside the
+//! driver's cell writes its row, crossing a cell moves the row between two pages, and a
+//! query reads a few pages around the pickup, widening until it has k drivers inside the
+//! reach it asked for (see `query.rs`).
 
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
+mod pages;
 mod query;
 mod remote;
 #[cfg(test)]
 mod tests;
 
-use rstar::{AABB, Envelope, PointDistance, RTree, RTreeObject};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 pub use crate::protocol::operators::{DriverState, DriverStatus, DriverView};
-use crate::{
-    geometry::{self, LatLng},
-    trip::Timestamp,
-};
-
-/// Half the side of a driver's slack box, in metres. A taxi at 15 m/s pinging every 4 s
-/// moves 60 m a ping, so most pings stay inside; a larger box would make queries visit
-/// more false candidates.
-pub const SLACK_M: f64 = 150.0;
+use crate::{geometry::LatLng, trip::Timestamp};
+use pages::{Pages, Place, Row};
 
 /// No taxi drives faster between two pings (252 km/h).
 pub const DEFAULT_MAX_SPEED_MPS: f64 = 70.0;
 
 /// Most removals remembered for [`FleetIndex::changed_since`].
 const REMOVED_LOG: usize = 100_000;
+
+/// Driver ids to slots. foldhash rather than SipHash: every ping looks its driver up, and
+/// the ids are the server's own (signed into the driver's token), not an attacker's
+/// choice of keys.
+type Ids = std::collections::HashMap<Arc<str>, u32, foldhash::fast::RandomState>;
 
 #[derive(Debug, Clone)]
 struct Slot {
@@ -66,33 +59,14 @@ struct Slot {
     /// When the holding node's socket opened (wall clock): of two nodes claiming a
     /// driver, the later connection wins.
     connected_since: Timestamp,
-    /// The box this driver is stored under in the tree; `None` when not in the tree.
-    indexed: Option<AABB<[f64; 3]>>,
+    /// The driver's row in the pages; `None` when it is not dispatchable in principle
+    /// (not `available`, no position, or on a trip).
+    place: Option<Place>,
     /// Distance driven since the trip started; `None` when no count is running (no trip
     /// under way, or this node did not see it start: a restart mid-trip loses the count).
     odometer: Option<Odometer>,
     /// The fleet clock at this slot's last change.
     version: u64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct Entry {
-    slot: u32,
-    envelope: AABB<[f64; 3]>,
-}
-
-impl RTreeObject for Entry {
-    type Envelope = AABB<[f64; 3]>;
-    fn envelope(&self) -> Self::Envelope {
-        self.envelope
-    }
-}
-
-impl PointDistance for Entry {
-    /// Distance to the slack box: a lower bound of the distance to the driver.
-    fn distance_2(&self, point: &[f64; 3]) -> f64 {
-        self.envelope.distance_2(point)
-    }
 }
 
 /// A driver the dispatcher may offer a trip to.
@@ -147,11 +121,10 @@ pub struct FleetChanges {
 }
 
 pub struct FleetIndex {
-    tree: RTree<Entry>,
+    pages: Pages,
     slots: Vec<Option<Slot>>,
     free_slots: Vec<u32>,
-    by_id: HashMap<Arc<str>, u32>,
-    slack_chord: f64,
+    by_id: Ids,
     stale_after: Duration,
     /// Faster than this between two pings is not driving (see [`Odometer`]).
     max_speed_mps: f64,
@@ -165,11 +138,10 @@ pub struct FleetIndex {
 impl FleetIndex {
     pub fn new(stale_after: Duration) -> FleetIndex {
         FleetIndex {
-            tree: RTree::new(),
+            pages: Pages::default(),
             slots: Vec::new(),
             free_slots: Vec::new(),
-            by_id: HashMap::new(),
-            slack_chord: geometry::chord_for_distance_m(SLACK_M),
+            by_id: Ids::default(),
             stale_after,
             max_speed_mps: DEFAULT_MAX_SPEED_MPS,
             clock: 0,
@@ -241,7 +213,7 @@ impl FleetIndex {
             sockets: 0,
             node: None,
             connected_since: Timestamp::default(),
-            indexed: None,
+            place: None,
             odometer: None,
             version: self.clock,
         };
@@ -283,16 +255,17 @@ impl FleetIndex {
         slot.connected_since = wall;
         slot.last_ping = now;
         slot.trip_id = trip_id;
-        self.reindex(index);
+        self.place(index);
     }
 
     /// A socket of this driver closed on this node. The driver stays until
     /// [`Self::sweep_offline`].
     pub fn disconnect(&mut self, driver_id: &str) {
-        if let Some((_, slot)) = self.slot_mut(driver_id)
+        if let Some((index, slot)) = self.slot_mut(driver_id)
             && slot.node.is_none()
         {
             slot.sockets = slot.sockets.saturating_sub(1);
+            self.place(index);
         }
     }
 
@@ -311,6 +284,7 @@ impl FleetIndex {
         for id in &gone {
             self.remove(id);
         }
+        self.pages.sweep_empty();
         gone.iter().map(|id| id.to_string()).collect()
     }
 
@@ -324,12 +298,10 @@ impl FleetIndex {
             self.removed.pop_front();
         }
         if let Some(slot) = self.slots[index as usize].take()
-            && let Some(envelope) = slot.indexed
+            && let Some(place) = slot.place
         {
-            self.tree.remove(&Entry {
-                slot: index,
-                envelope,
-            });
+            let shifted = self.pages.remove(place);
+            self.shifted(shifted, place);
         }
         self.free_slots.push(index);
     }
@@ -357,62 +329,50 @@ impl FleetIndex {
             trip_id: slot.trip_id.clone(),
             became_dispatchable: !was_dispatchable && Self::is_dispatchable(slot, now, stale_after),
         };
-        self.moved(index);
+        self.place(index);
         Some(outcome)
     }
 
-    /// Keeps the tree in step with a slot whose position changed.
-    fn moved(&mut self, index: u32) {
-        let slack = self.slack_chord;
+    /// Brings the driver's row in the pages in step with its slot, after any change. Only
+    /// drivers that said `available`, have a position and no trip have a row; offers,
+    /// sockets and staleness are filtered at query time because they come and go quickly.
+    fn place(&mut self, index: u32) {
         let Some(slot) = self.slots[index as usize].as_mut() else {
             return;
         };
-        match slot.indexed {
-            Some(envelope) if envelope.contains_point(&slot.unit) => {}
-            Some(envelope) => {
-                let moved = slack_box(slot.unit, slack);
-                slot.indexed = Some(moved);
-                self.tree.remove(&Entry {
+        let position = slot
+            .position
+            .filter(|_| slot.status == DriverStatus::Available && slot.trip_id.is_none());
+        let (place, shifted) = match (position, slot.place) {
+            (Some(position), old) => {
+                let row = Row {
+                    unit: slot.unit,
+                    last_ping: slot.last_ping,
                     slot: index,
-                    envelope,
-                });
-                self.tree.insert(Entry {
-                    slot: index,
-                    envelope: moved,
-                });
+                    ready: slot.sockets > 0,
+                };
+                let (place, shifted) = match old {
+                    Some(old) => self.pages.update(old, position, row),
+                    None => (self.pages.insert(position, row), None),
+                };
+                slot.place = Some(place);
+                (old, shifted)
             }
-            None => self.reindex(index),
+            (None, Some(old)) => {
+                slot.place = None;
+                (Some(old), self.pages.remove(old))
+            }
+            (None, None) => return,
+        };
+        if let Some(place) = place {
+            self.shifted(shifted, place);
         }
     }
 
-    /// Puts a driver in the tree or takes it out, as its state now requires. Only drivers
-    /// that said `available`, have a position and no trip are in the tree; offers,
-    /// sockets and staleness are filtered at query time because they come and go quickly.
-    fn reindex(&mut self, index: u32) {
-        let slack = self.slack_chord;
-        let Some(slot) = self.slots[index as usize].as_mut() else {
-            return;
-        };
-        let belongs = slot.status == DriverStatus::Available
-            && slot.trip_id.is_none()
-            && slot.position.is_some();
-        match (belongs, slot.indexed) {
-            (true, None) => {
-                let envelope = slack_box(slot.unit, slack);
-                slot.indexed = Some(envelope);
-                self.tree.insert(Entry {
-                    slot: index,
-                    envelope,
-                });
-            }
-            (false, Some(envelope)) => {
-                slot.indexed = None;
-                self.tree.remove(&Entry {
-                    slot: index,
-                    envelope,
-                });
-            }
-            _ => {}
+    /// A row was moved into `place` (the page swap-removes): its slot learns where.
+    fn shifted(&mut self, shifted: Option<u32>, place: Place) {
+        if let Some(slot) = shifted.and_then(|index| self.slots[index as usize].as_mut()) {
+            slot.place = Some(place);
         }
     }
 
@@ -431,7 +391,7 @@ impl FleetIndex {
         slot.status = status;
         slot.last_ping = now;
         let is = Self::is_dispatchable(slot, now, stale_after);
-        self.reindex(index);
+        self.place(index);
         Availability {
             gained: is && !was,
             lost: was && !is,
@@ -464,7 +424,7 @@ impl FleetIndex {
             slot.odometer = None;
         }
         slot.trip_id = trip_id;
-        self.reindex(index);
+        self.place(index);
     }
 
     /// Starts counting driven distance for the fare (the trip was `started`), from where
@@ -527,11 +487,4 @@ fn normal_heading(heading_deg: Option<f64>) -> Option<f64> {
     heading_deg
         .filter(|h| h.is_finite())
         .map(|h| h.rem_euclid(360.0))
-}
-
-fn slack_box(unit: [f64; 3], slack: f64) -> AABB<[f64; 3]> {
-    AABB::from_corners(
-        [unit[0] - slack, unit[1] - slack, unit[2] - slack],
-        [unit[0] + slack, unit[1] + slack, unit[2] + slack],
-    )
 }

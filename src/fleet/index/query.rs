@@ -1,20 +1,31 @@
 //! Reading the fleet: the nearest dispatchable drivers, and what operators see.
 
-use std::collections::BinaryHeap;
-
 use tokio::time::Instant;
 
 use super::{
     Candidate, DriverState, DriverStatus, DriverView, FleetChanges, FleetIndex, REMOVED_LOG, Slot,
+    pages::CELL_SIDE_M,
 };
 use crate::{
     geometry::{self, LatLng},
     trip::Timestamp,
 };
 
+/// How far the first look reaches where the pickup's own cell is empty, in metres.
+const FIRST_REACH_M: f64 = 500.0;
+
+/// Each widening multiplies the reach by this, up to the radius asked for.
+const WIDEN: f64 = 2.5;
+
 impl FleetIndex {
     /// The up to `k` nearest dispatchable drivers within `radius_m` of `pickup`, nearest
     /// first, skipping those `exclude` names.
+    ///
+    /// Reads the pages around the pickup that can hold a driver within `reach`; once k
+    /// drivers within `reach` are found they are the k nearest, and until then the reach
+    /// widens (× 2.5, up to `radius_m`). The first reach is guessed from how many drivers
+    /// the pickup's own cell holds, so that it usually holds k. The slot behind a row is
+    /// read only for the drivers that make the answer (to ask `exclude`, and to answer).
     pub fn nearest_available(
         &self,
         pickup: LatLng,
@@ -23,54 +34,72 @@ impl FleetIndex {
         now: Instant,
         exclude: impl Fn(&str) -> bool,
     ) -> Vec<Candidate> {
-        if k == 0 {
+        if k == 0 || radius_m.is_nan() || radius_m < 0.0 {
             return Vec::new();
         }
+        // Half the Earth's circumference reaches everywhere.
+        let radius_m = radius_m.min(std::f64::consts::PI * geometry::EARTH_RADIUS_M);
         let query = pickup.unit_vector();
-        let max_chord = geometry::chord_for_distance_m(radius_m);
-        let max_squared = max_chord * max_chord;
-        // A max-heap of the best k so far keyed by squared chord. Non-negative f64s order
-        // like their bit patterns, so the bits serve as an `Ord` key.
-        let mut best: BinaryHeap<(u64, u32)> = BinaryHeap::with_capacity(k + 1);
-        for (entry, box_squared) in self.tree.nearest_neighbor_iter_with_distance_2(&query) {
-            if box_squared > max_squared {
-                break;
-            }
-            if best.len() == k
-                && best
-                    .peek()
-                    .is_some_and(|(worst, _)| box_squared > f64::from_bits(*worst))
-            {
-                break;
-            }
-            let Some(slot) = self.slots[entry.slot as usize].as_ref() else {
-                continue;
-            };
-            if !Self::is_dispatchable(slot, now, self.stale_after) || exclude(&slot.id) {
-                continue;
-            }
-            let squared = geometry::squared_distance(&query, &slot.unit);
-            if squared > max_squared {
-                continue;
-            }
-            best.push((squared.to_bits(), entry.slot));
-            if best.len() > k {
-                best.pop();
-            }
+        let mut reach = match self.pages.rows_at(pickup) {
+            0 => FIRST_REACH_M,
+            // k drivers at the cell's density fill a circle of this radius; half as wide
+            // again for the luck of the draw.
+            here => 1.5 * CELL_SIDE_M * (k as f64 / (std::f64::consts::PI * here as f64)).sqrt(),
         }
-        let mut found: Vec<Candidate> = best
-            .into_iter()
-            .filter_map(|(squared, index)| {
-                let slot = self.slots[index as usize].as_ref()?;
-                Some(Candidate {
+        .clamp(50.0, radius_m.max(50.0))
+        .min(radius_m);
+        // A driver is fresh if it pinged at or after this.
+        let fresh_since = now.checked_sub(self.stale_after);
+        let by_distance = |a: &(f64, u32), b: &(f64, u32)| a.0.total_cmp(&b.0);
+        // Drivers within reach: (squared chord, slot).
+        let mut within: Vec<(f64, u32)> = Vec::with_capacity(64);
+        let mut found: Vec<Candidate> = Vec::with_capacity(k);
+        loop {
+            within.clear();
+            found.clear();
+            let reach_chord = geometry::chord_for_distance_m(reach);
+            let reach_squared = reach_chord * reach_chord;
+            self.pages.near(pickup, reach, |row| {
+                let squared = geometry::squared_distance(&query, &row.unit);
+                if squared <= reach_squared
+                    && row.ready
+                    && fresh_since.is_none_or(|since| row.last_ping >= since)
+                {
+                    within.push((squared, row.slot));
+                }
+            });
+            // Only the nearest are put in order: as many as the answer still lacks, then
+            // more if `exclude` turned some away.
+            let (mut next, mut sorted) = (0, 0);
+            while found.len() < k && next < within.len() {
+                if next == sorted {
+                    let want = k - found.len();
+                    let rest = &mut within[sorted..];
+                    if rest.len() > want {
+                        rest.select_nth_unstable_by(want - 1, by_distance);
+                    }
+                    sorted = (sorted + want).min(within.len());
+                    within[next..sorted].sort_unstable_by(by_distance);
+                }
+                let (squared, index) = within[next];
+                next += 1;
+                let Some(slot) = self.slots[index as usize].as_ref() else {
+                    continue;
+                };
+                let Some(position) = slot.position.filter(|_| !exclude(&slot.id)) else {
+                    continue;
+                };
+                found.push(Candidate {
                     driver_id: slot.id.clone(),
-                    position: slot.position?,
-                    distance_m: geometry::distance_m_for_chord(f64::from_bits(squared).sqrt()),
-                })
-            })
-            .collect();
-        found.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m));
-        found
+                    position,
+                    distance_m: geometry::distance_m_for_chord(squared.sqrt()),
+                });
+            }
+            if found.len() == k || reach >= radius_m {
+                return found;
+            }
+            reach = (reach * WIDEN).min(radius_m);
+        }
     }
 
     pub fn view(&self, driver_id: &str, now: Instant) -> Option<DriverView> {

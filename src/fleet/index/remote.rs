@@ -86,8 +86,7 @@ impl FleetIndex {
             slot.unit = position.unit_vector();
         }
         let is = Self::is_dispatchable(slot, now, stale_after);
-        self.reindex(index);
-        self.moved(index);
+        self.place(index);
         (
             Availability {
                 gained: is && !was,
@@ -108,8 +107,9 @@ impl FleetIndex {
             .map(|slot| slot.id.clone())
             .collect();
         for id in &held {
-            if let Some((_, slot)) = self.slot_mut(id) {
+            if let Some((index, slot)) = self.slot_mut(id) {
                 slot.sockets = 0;
+                self.place(index);
             }
         }
         held.iter().map(|id| id.to_string()).collect()

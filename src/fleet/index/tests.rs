@@ -1,6 +1,7 @@
 //! The fleet index against brute force and by hand.
 use super::*;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
+use std::collections::HashMap;
 
 const STALE: Duration = Duration::from_secs(30);
 
@@ -153,7 +154,11 @@ fn silent_drivers_go_stale_then_offline_after_their_socket_drops() {
         ["d"]
     );
     assert!(index.is_empty());
-    assert_eq!(index.tree.size(), 0);
+    assert_eq!(
+        index.pages.size(),
+        (0, 0),
+        "no row, and the empty page swept"
+    );
 }
 
 #[test]
@@ -279,4 +284,114 @@ fn changes_are_reported_once_per_reader_version() {
     let later = index.changed_since(changes.version, now).unwrap();
     assert_eq!(later.removed, ["b"]);
     assert!(later.drivers.iter().all(|d| d.id != "b"));
+}
+
+/// Every slot's place names a row of that slot, and every row is some slot's.
+fn assert_consistent(index: &FleetIndex) {
+    let mut placed = 0;
+    for (i, slot) in index.slots.iter().enumerate() {
+        if let Some(place) = slot.as_ref().and_then(|slot| slot.place) {
+            let row = index.pages.row(place);
+            assert_eq!(row.slot as usize, i);
+            assert_eq!(row.unit, slot.as_ref().unwrap().unit);
+            placed += 1;
+        }
+    }
+    assert_eq!(index.pages.size().0, placed);
+}
+
+#[test]
+fn nearest_matches_brute_force_in_a_dense_mixed_fleet() {
+    let start = Instant::now();
+    let mut index = FleetIndex::new(STALE);
+    let mut rng = StdRng::seed_from_u64(11);
+    // 3,000 drivers within 2 km (~240 per km², a city centre), in every state.
+    let mut positions: Vec<LatLng> = Vec::new();
+    for i in 0..3_000 {
+        let p = seoul().destination(
+            rng.random_range(0.0..360.0),
+            rng.random_range(0.0f64..1.0).sqrt() * 2_000.0,
+        );
+        online(&mut index, &format!("d{i}"), p, start);
+        positions.push(p);
+    }
+    for round in 0..20u64 {
+        let now = start + Duration::from_secs(round);
+        for (i, p) in positions.iter_mut().enumerate() {
+            let id = format!("d{i}");
+            match rng.random_range(0..100) {
+                // Most drive on (often into the next cell), some jump far.
+                0..70 => *p = p.destination(rng.random_range(0.0..360.0), 40.0),
+                70..72 => *p = seoul().destination(rng.random_range(0.0..360.0), 1_900.0),
+                72..75 => {
+                    let status = if rng.random_range(0..2) == 0 {
+                        DriverStatus::Offline
+                    } else {
+                        DriverStatus::Available
+                    };
+                    index.set_status(&id, status, now);
+                }
+                75..77 => {
+                    let trip = (rng.random_range(0..2) == 0).then(|| format!("t{i}"));
+                    index.set_trip(&id, trip);
+                }
+                77..79 => index.disconnect(&id),
+                79..81 => index.connect(
+                    &id,
+                    index.view(&id, now).unwrap().trip_id,
+                    now,
+                    Timestamp(2),
+                ),
+                // Silent: goes stale in time.
+                81..90 => continue,
+                _ => {}
+            }
+            index.ping(&id, *p, None, now).unwrap();
+        }
+        assert_consistent(&index);
+        let now = now + Duration::from_millis(500);
+        for (pickup_m, k, radius) in [
+            (0.0, 8, 3_000.0),
+            (900.0, 3, 150.0),
+            (1_500.0, 20, 800.0),
+            (2_500.0, 8, 3_000.0),
+        ] {
+            let pickup = seoul().destination(round as f64 * 37.0, pickup_m);
+            let excluded = |id: &str| id.ends_with('7');
+            let found = index.nearest_available(pickup, radius, k, now, excluded);
+            let mut expected: Vec<(f64, String)> = positions
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (pickup.distance_m(p), format!("d{i}")))
+                .filter(|(d, id)| *d <= radius && !excluded(id) && index.dispatchable(id, now))
+                .collect();
+            expected.sort_by(|a, b| a.0.total_cmp(&b.0));
+            expected.truncate(k);
+            let found_ids: Vec<&str> = found.iter().map(|c| &*c.driver_id).collect();
+            let expected_ids: Vec<&str> = expected.iter().map(|(_, id)| id.as_str()).collect();
+            assert_eq!(
+                found_ids, expected_ids,
+                "round {round}, k {k}, radius {radius}"
+            );
+        }
+    }
+}
+
+#[test]
+fn nearest_reaches_across_the_antimeridian_and_over_a_pole() {
+    let now = Instant::now();
+    let mut index = FleetIndex::new(STALE);
+    let east = LatLng::new(-16.5, 179.999).unwrap();
+    let west = LatLng::new(-16.5, -179.999).unwrap();
+    online(&mut index, "east", east, now);
+    let found = index.nearest_available(west, 1_000.0, 8, now, |_| false);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!((found[0].distance_m - west.distance_m(&east)).abs() < 0.01);
+
+    let pole = LatLng::new(89.9999, 0.0).unwrap();
+    let over = LatLng::new(89.9999, 180.0).unwrap();
+    online(&mut index, "over", over, now);
+    let found = index.nearest_available(pole, 100.0, 8, now, |_| false);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(&*found[0].driver_id, "over");
 }
