@@ -343,7 +343,8 @@ impl FleetIndex {
         let position = slot
             .position
             .filter(|_| slot.status == DriverStatus::Available && slot.trip_id.is_none());
-        let (place, shifted) = match (position, slot.place) {
+        // The place the driver's row left (if it moved), and whose row took it.
+        let (vacated, shifted) = match (position, slot.place) {
             (Some(position), old) => {
                 let row = Row {
                     unit: slot.unit,
@@ -364,8 +365,8 @@ impl FleetIndex {
             }
             (None, None) => return,
         };
-        if let Some(place) = place {
-            self.shifted(shifted, place);
+        if let Some(vacated) = vacated {
+            self.shifted(shifted, vacated);
         }
     }
 
