@@ -115,20 +115,40 @@ async fn run(state: AppState, driver_id: String, trip_id: Option<String>, socket
     });
 
     let mut budget = FrameBudget::new(Instant::now());
+    // A socket silent for IDLE_TIMEOUT is closed. One timer for the socket's life, moved
+    // on only when it fires (to IDLE_TIMEOUT after the last frame), not a timer set and
+    // cancelled for every frame: at ten pings a second that was the timer wheel's lock
+    // twice per ping.
+    let mut last_frame = Instant::now();
+    let idle = tokio::time::sleep_until(last_frame + IDLE_TIMEOUT);
+    tokio::pin!(idle);
     loop {
-        let frame = match tokio::time::timeout(IDLE_TIMEOUT, stream.next()).await {
-            Ok(Some(Ok(frame))) => frame,
-            Ok(Some(Err(error))) if socket::too_big(&error) => {
+        let next = tokio::select! {
+            biased;
+            next = stream.next() => next,
+            () = &mut idle => {
+                let quiet_until = last_frame + IDLE_TIMEOUT;
+                if Instant::now() >= quiet_until {
+                    break;
+                }
+                idle.as_mut().reset(quiet_until);
+                continue;
+            }
+        };
+        let frame = match next {
+            Some(Ok(frame)) => frame,
+            Some(Err(error)) if socket::too_big(&error) => {
                 let _ = replies.try_send(Reply::Close(socket::close_too_big()));
                 break;
             }
-            // Timed out, closed, or a protocol error.
+            // Closed, or a protocol error.
             _ => break,
         };
         if matches!(frame, Message::Close(_)) {
             break;
         }
         let now = Instant::now();
+        last_frame = now;
         let reply = match budget.admit(now) {
             Admission::Close => {
                 let _ = replies.try_send(Reply::Close(socket::close_policy()));
@@ -184,7 +204,7 @@ pub fn handle(state: &AppState, driver_id: &str, body: &str, now: Instant) -> Re
             format!("messages are limited to {MAX_MESSAGE_BYTES} bytes"),
         ));
     }
-    let message: DriverMessage = serde_json::from_str(body).map_err(|error| match error.classify() {
+    let message = DriverMessage::from_json(body).map_err(|error| match error.classify() {
         serde_json::error::Category::Data => ApiError::new(
             ErrorCode::InvalidMessage,
             format!("expected {{\"type\":\"location\",\"lat\",\"lng\"}} or {{\"type\":\"status\",\"status\":\"available\"|\"offline\"}}: {error}"),
