@@ -115,40 +115,20 @@ async fn run(state: AppState, driver_id: String, trip_id: Option<String>, socket
     });
 
     let mut budget = FrameBudget::new(Instant::now());
-    // A socket silent for IDLE_TIMEOUT is closed. One timer for the socket's life, moved
-    // on only when it fires (to IDLE_TIMEOUT after the last frame), not a timer set and
-    // cancelled for every frame: at ten pings a second that was the timer wheel's lock
-    // twice per ping.
-    let mut last_frame = Instant::now();
-    let idle = tokio::time::sleep_until(last_frame + IDLE_TIMEOUT);
-    tokio::pin!(idle);
     loop {
-        let next = tokio::select! {
-            biased;
-            next = stream.next() => next,
-            () = &mut idle => {
-                let quiet_until = last_frame + IDLE_TIMEOUT;
-                if Instant::now() >= quiet_until {
-                    break;
-                }
-                idle.as_mut().reset(quiet_until);
-                continue;
-            }
-        };
-        let frame = match next {
-            Some(Ok(frame)) => frame,
-            Some(Err(error)) if socket::too_big(&error) => {
+        let frame = match tokio::time::timeout(IDLE_TIMEOUT, stream.next()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(error))) if socket::too_big(&error) => {
                 let _ = replies.try_send(Reply::Close(socket::close_too_big()));
                 break;
             }
-            // Closed, or a protocol error.
+            // Timed out, closed, or a protocol error.
             _ => break,
         };
         if matches!(frame, Message::Close(_)) {
             break;
         }
         let now = Instant::now();
-        last_frame = now;
         let reply = match budget.admit(now) {
             Admission::Close => {
                 let _ = replies.try_send(Reply::Close(socket::close_policy()));
