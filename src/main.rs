@@ -19,6 +19,9 @@ enum Command {
     Serve(ServerConfig),
     /// Drive a hail server with a simulated city of drivers and passengers.
     Sim(sim::SimConfig),
+    /// Peak ingest: many driver sockets pinging within their budget; prints the pings a
+    /// second the server accepted (its own count) over a fixed window.
+    Load(sim::load::LoadConfig),
     /// A server on the embedded store plus a simulated Seoul, in one process.
     Demo(DemoConfig),
     /// Operators are people: each has a token of their own, and the trip events they
@@ -82,6 +85,15 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(config) => serve(config).await,
         Command::Sim(config) => run_sim(config).await,
+        Command::Load(config) => {
+            let json = config.json;
+            let report = sim::load::run(config).await?;
+            print!("{}", report.table());
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            Ok(())
+        }
         Command::Demo(config) => demo(config).await,
         Command::Operator(command) => operator(command).await,
     }

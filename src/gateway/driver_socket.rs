@@ -184,7 +184,7 @@ pub fn handle(state: &AppState, driver_id: &str, body: &str, now: Instant) -> Re
             format!("messages are limited to {MAX_MESSAGE_BYTES} bytes"),
         ));
     }
-    let message: DriverMessage = serde_json::from_str(body).map_err(|error| match error.classify() {
+    let message = DriverMessage::from_json(body).map_err(|error| match error.classify() {
         serde_json::error::Category::Data => ApiError::new(
             ErrorCode::InvalidMessage,
             format!("expected {{\"type\":\"location\",\"lat\",\"lng\"}} or {{\"type\":\"status\",\"status\":\"available\"|\"offline\"}}: {error}"),

@@ -55,6 +55,34 @@ pub enum DriverMessage {
 }
 
 impl DriverMessage {
+    /// Reads a message from a driver's socket, exactly as the tagged enum's derived
+    /// `Deserialize` does. A location ping — nearly every message — is read straight into
+    /// its fields (the tagged enum first buffers the whole object to find its tag); any
+    /// other message, or any text that read refuses, goes through the enum, so every
+    /// answer and every error is the enum's.
+    pub fn from_json(text: &str) -> Result<DriverMessage, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Location<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: &'a str,
+            lat: f64,
+            lng: f64,
+            heading_deg: Option<f64>,
+            speed_mps: Option<f64>,
+        }
+        if let Ok(ping) = serde_json::from_str::<Location<'_>>(text)
+            && ping.kind == "location"
+        {
+            return Ok(DriverMessage::Location {
+                lat: ping.lat,
+                lng: ping.lng,
+                heading_deg: ping.heading_deg,
+                speed_mps: ping.speed_mps,
+            });
+        }
+        serde_json::from_str(text)
+    }
+
     pub fn location(position: LatLng) -> DriverMessage {
         DriverMessage::Location {
             lat: position.lat(),
@@ -136,5 +164,51 @@ impl ServerMessage {
     /// non-string keys, no non-finite floats reach here.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("server messages serialize")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `from_json` answers every text as the derived `Deserialize` does: the same message,
+    /// or an error of the same kind and text.
+    #[test]
+    fn driver_messages_read_as_the_tagged_enum_reads_them() {
+        let texts = [
+            r#"{"type":"location","lat":37.5,"lng":127.0}"#,
+            r#"{"lat":37.5,"lng":127.0,"type":"location","heading_deg":90.5,"speed_mps":3}"#,
+            r#"{"type":"location","lat":37,"lng":-127,"heading_deg":null,"extra":[1,{"a":2}]}"#,
+            r#"{"type":"location","lat":37.5,"lng":127.0,"status":"available"}"#,
+            r#"{"type":"loc\u0061tion","lat":1,"lng":2}"#,
+            r#"{"type":"location","lat":1,"lat":2,"lng":3}"#,
+            r#"{"type":"location","type":"location","lat":1,"lng":2}"#,
+            r#"{"type":"location","lat":"1","lng":2}"#,
+            r#"{"type":"location","lat":1e400,"lng":2}"#,
+            r#"{"type":"location","lng":2}"#,
+            r#"{"type":"location","lat":1,"lng":2} x"#,
+            r#"{"type":"Location","lat":1,"lng":2}"#,
+            r#"{"type":"status","status":"available"}"#,
+            r#"{"type":"status","status":"offline","lat":1,"lng":2}"#,
+            r#"{"type":"status"}"#,
+            r#"{"lat":1,"lng":2}"#,
+            r#"{"type":null,"lat":1,"lng":2}"#,
+            r#"[1,2]"#,
+            r#"{"type":"location","lat":1,"lng":2"#,
+            "",
+            "null",
+        ];
+        for text in texts {
+            let tagged = serde_json::from_str::<DriverMessage>(text);
+            let read = DriverMessage::from_json(text);
+            match (&tagged, &read) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{text}"),
+                (Err(a), Err(b)) => {
+                    assert_eq!(a.classify(), b.classify(), "{text}");
+                    assert_eq!(a.to_string(), b.to_string(), "{text}");
+                }
+                _ => panic!("{text}: tagged {tagged:?}, read {read:?}"),
+            }
+        }
     }
 }

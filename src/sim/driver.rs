@@ -71,7 +71,7 @@ enum Reply {
     Decline,
 }
 
-fn plate(index: usize) -> String {
+pub(super) fn plate(index: usize) -> String {
     const SYLLABLES: [&str; 8] = ["가", "나", "다", "라", "마", "바", "사", "아"];
     format!(
         "{:02}{}{:04}",

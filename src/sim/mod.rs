@@ -6,12 +6,14 @@
 //! - [`city`]: what every client shares — the servers, HTTP and socket helpers, demand;
 //! - [`driver`]: one driver — cruising, pinging, answering offers, driving rides;
 //! - [`passenger`]: one passenger — requesting, following, maybe cancelling;
-//! - [`report`]: counters, the live progress line and the summary.
+//! - [`report`]: counters, the live progress line and the summary;
+//! - [`load`]: `hail load`, peak ingest: many sockets pinging within their budget.
 //!
 //! Every random choice is drawn from generators seeded by `--seed`.
 
 mod city;
 mod driver;
+pub mod load;
 mod passenger;
 pub mod report;
 
