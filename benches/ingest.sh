@@ -24,17 +24,8 @@ SECONDS_MEASURED=${SECONDS_MEASURED:-30}
 GEOADDS=${GEOADDS:-2000000}
 HAIL=${HAIL:-}
 
-free_port() {
-    local port
-    while :; do
-        port=$((20000 + RANDOM % 40000))
-        [ "$port" = 6379 ] || [ "$port" = 8080 ] && continue
-        if ! ss -Htln "sport = :$port" | grep -q .; then
-            echo "$port"
-            return
-        fi
-    done
-}
+# shellcheck source=benches/common.sh
+. benches/common.sh
 
 work=$(mktemp -d /tmp/hail-ingest.XXXXXX)
 redis_pid=""

@@ -31,18 +31,8 @@ if [ ${#need_install[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_install[@]}" >/dev/null
 fi
 
-# A port nobody listens on (loopback), never the well-known ones.
-free_port() {
-    local port
-    while :; do
-        port=$((20000 + RANDOM % 40000))
-        [ "$port" = 6379 ] || [ "$port" = 5432 ] && continue
-        if ! ss -Htln "sport = :$port" | grep -q .; then
-            echo "$port"
-            return
-        fi
-    done
-}
+# shellcheck source=benches/common.sh
+. benches/common.sh
 
 work=$(mktemp -d /tmp/hail-peers.XXXXXX)
 chmod 755 "$work"
