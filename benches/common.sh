@@ -13,3 +13,17 @@ free_port() {
         fi
     done
 }
+
+# Starts a throwaway in-memory redis-server (no RDB, no AOF) on a free port, its files in
+# directory $1; sets redis_port and redis_pid (the caller stops it).
+start_redis() {
+    redis_port=$(free_port)
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+        --dir "$1" --logfile "$1/redis.log" &
+    redis_pid=$!
+    for _ in $(seq 50); do
+        redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    redis-cli -p "$redis_port" ping >/dev/null
+}

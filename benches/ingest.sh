@@ -48,14 +48,7 @@ echo "machine: $(nproc) cores; server, load generator and Redis all on it"
 echo "load before: $(uptime)"
 
 # Redis GEOADD, 50 clients: one GEOADD of one member (out of 250,000) per request.
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
-    --dir "$work" --logfile "$work/redis.log" &
-redis_pid=$!
-for _ in $(seq 50); do
-    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
-    sleep 0.1
-done
+start_redis "$work"
 geoadd=$(redis-benchmark -p "$redis_port" -c 50 -n "$GEOADDS" -r 250000 --csv \
     GEOADD drivers 127.0276 37.4979 "driver:__rand_int__" | tail -1 | cut -d, -f2 | tr -d '"')
 echo "redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p'): GEOADD, 50 clients: ${geoadd} /s"

@@ -58,15 +58,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 # Redis: in memory only, like hail's index (no RDB snapshots, no AOF).
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
-    --dir "$work" --logfile "$work/redis.log" &
-redis_pid=$!
-for _ in $(seq 50); do
-    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
-    sleep 0.1
-done
-redis-cli -p "$redis_port" ping >/dev/null
+start_redis "$work"
 
 # PostgreSQL 15 + PostGIS: a throwaway cluster, trust auth on loopback only. A positions
 # table is a cache, like hail's index and the Redis key: synchronous_commit = off, so an

@@ -1,8 +1,9 @@
-//! The wire side of `hail load`: a WebSocket client's handshake and frames, by hand.
-//! Each socket's pings are built once (masked JSON text frames) and written as they are;
-//! what the server sends is framed only far enough to count it.
+//! The wire side of `hail load`: the upgrade request, and each socket's pings built once
+//! as masked JSON text frames (tungstenite's `Frame`) and written as they are; what the
+//! server sends is read with tungstenite's `FrameHeader` only far enough to count it.
 
 use std::{
+    io::Cursor,
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
@@ -11,6 +12,11 @@ use rand::{RngExt, rngs::StdRng};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
+};
+
+use tokio_tungstenite::tungstenite::protocol::frame::{
+    Frame, FrameHeader,
+    coding::{Data, OpCode},
 };
 
 use crate::{geometry::LatLng, protocol::DriverMessage};
@@ -84,25 +90,19 @@ async fn open(
     let status = serde_json::to_vec(&DriverMessage::Status {
         status: crate::fleet::DriverStatus::Available,
     })?;
-    stream
-        .write_all(&masked_frame(0x1, &status, [7, 3, 1, 9]))
-        .await?;
+    stream.write_all(&masked_text(status, [7, 3, 1, 9])).await?;
     Ok((stream, answer.split_off(end)))
 }
 
-/// A client frame (FIN set, masked), payload under 64 KiB.
-fn masked_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(payload.len() + 8);
-    frame.push(0x80 | opcode);
-    if payload.len() < 126 {
-        frame.push(0x80 | payload.len() as u8);
-    } else {
-        frame.push(0x80 | 126);
-        frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    }
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+/// A client's text frame (FIN set, masked with `mask`), as it goes on the wire.
+fn masked_text(payload: Vec<u8>, mask: [u8; 4]) -> Vec<u8> {
+    let mut frame = Frame::message(payload, OpCode::Data(Data::Text), true);
+    frame.header_mut().mask = Some(mask);
+    let mut bytes = Vec::with_capacity(frame.len());
     frame
+        .format(&mut bytes)
+        .expect("writing a frame to a Vec cannot fail");
+    bytes
 }
 
 /// One driver's writes: its path out and back in steps of [`STEP_M`], as location
@@ -122,7 +122,7 @@ pub(super) fn driver_frames(rng: &mut StdRng, burst: usize, index: u32) -> Vec<V
             let position = start.destination(heading, out * STEP_M);
             let json = serde_json::to_vec(&DriverMessage::location(position))
                 .expect("driver messages serialize");
-            masked_frame(0x1, &json, mask)
+            masked_text(json, mask)
         })
         .collect();
     frames.chunks(burst).map(|chunk| chunk.concat()).collect()
@@ -130,20 +130,11 @@ pub(super) fn driver_frames(rng: &mut StdRng, burst: usize, index: u32) -> Vec<V
 
 /// The first whole server frame (unmasked) in `bytes`: its opcode, payload and length.
 pub(super) fn server_frame(bytes: &[u8]) -> Option<(u8, &[u8], usize)> {
-    let (&first, &second) = (bytes.first()?, bytes.get(1)?);
-    let (len, header): (usize, usize) = match second & 0x7f {
-        126 => (
-            u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?]) as usize,
-            4,
-        ),
-        127 => (
-            u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?) as usize,
-            10,
-        ),
-        len => (len as usize, 2),
-    };
-    let payload = bytes.get(header..header.checked_add(len)?)?;
-    Some((first & 0x0f, payload, header + len))
+    let mut cursor = Cursor::new(bytes);
+    let (header, len) = FrameHeader::parse(&mut cursor).ok()??;
+    let start = cursor.position() as usize;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    Some((u8::from(header.opcode), bytes.get(start..end)?, end))
 }
 
 pub(super) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
