@@ -22,7 +22,10 @@ use criterion::{
     BenchmarkId, Criterion, criterion_group, criterion_main,
     measurement::{Measurement, ValueFormatter, WallTime},
 };
-use hail::{fleet::FleetIndex, geometry::LatLng};
+use hail::{
+    fleet::{DriverKey, FleetIndex},
+    geometry::LatLng,
+};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use rstar::RTree;
 use tokio::time::Instant;
@@ -137,12 +140,16 @@ fn size(c: &mut Criterion<ThreadCpu>, drivers: usize, name: &str) {
     let mut rng = StdRng::seed_from_u64(42);
     let now = Instant::now();
     let mut index = FleetIndex::new(Duration::from_secs(3_600));
-    let ids: Vec<String> = (0..drivers).map(|i| format!("drv_{i}")).collect();
     let start = positions(&mut rng, drivers);
-    for (id, position) in ids.iter().zip(&start) {
-        index.connect(id, None, now, hail::trip::Timestamp(0));
-        index.ping(id, *position, None, now);
-    }
+    // Each driver's socket holds its key, as the server's do.
+    let ids: Vec<DriverKey> = (0..drivers)
+        .zip(&start)
+        .map(|(i, position)| {
+            let key = index.connect(&format!("drv_{i}"), None, now, hail::trip::Timestamp(0));
+            index.ping(&key, *position, None, now);
+            key
+        })
+        .collect();
     let mut traffic = Traffic::new(start.clone(), 9);
     // Let the fleet drive a while first, so the boxes are where driving leaves them and
     // not all fresh from the first ping.

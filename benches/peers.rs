@@ -348,12 +348,19 @@ fn hail_side(data: &Dataset, args: &Args) -> (Side, Side) {
     let before = rss_bytes();
     let fleet = Fleet::new(stale, 70.0, false);
     let start = StdInstant::now();
+    // Each driver's socket holds its key, as the server's do.
+    let mut keys = Vec::with_capacity(data.ids.len());
     for (id, at) in data.ids.iter().zip(&data.drivers) {
-        fleet.connect(id, None, now);
-        fleet.ping(id, *at, None, now);
+        let key = fleet.connect(id, None, now);
+        fleet.ping(&key, *at, None, now);
+        keys.push(key);
     }
     let load = start.elapsed();
-    let memory_bytes = before.zip(rss_bytes()).map(|(a, b)| b.saturating_sub(a));
+    // The keys are the sockets' (each holds its own), not the index's.
+    let keys_bytes = keys.capacity() * std::mem::size_of::<hail::fleet::DriverKey>();
+    let memory_bytes = before
+        .zip(rss_bytes())
+        .map(|(a, b)| b.saturating_sub(a).saturating_sub(keys_bytes as u64));
     let answers = data.queries[..AGREEMENT_QUERIES.min(data.queries.len())]
         .iter()
         .map(|q| {
@@ -371,7 +378,7 @@ fn hail_side(data: &Dataset, args: &Args) -> (Side, Side) {
     });
     let move_1 = batched(data.moves.len(), long, |i| {
         let (driver, at) = data.moves[i];
-        std::hint::black_box(fleet.ping(&data.ids[driver as usize], at, None, now));
+        std::hint::black_box(fleet.ping(&keys[driver as usize], at, None, now));
     });
     let handle = Side {
         name: "hail",
@@ -387,9 +394,11 @@ fn hail_side(data: &Dataset, args: &Args) -> (Side, Side) {
     // The bare index, without the lock, for the record.
     let mut index = FleetIndex::new(stale);
     let start = StdInstant::now();
+    keys.clear();
     for (id, at) in data.ids.iter().zip(&data.drivers) {
-        index.connect(id, None, now, Timestamp(0));
-        index.ping(id, *at, None, now);
+        let key = index.connect(id, None, now, Timestamp(0));
+        index.ping(&key, *at, None, now);
+        keys.push(key);
     }
     let load = start.elapsed();
     let search_1 = batched(data.queries.len(), long, |i| {
@@ -397,7 +406,7 @@ fn hail_side(data: &Dataset, args: &Args) -> (Side, Side) {
     });
     let move_1 = batched(data.moves.len(), long, |i| {
         let (driver, at) = data.moves[i];
-        std::hint::black_box(index.ping(&data.ids[driver as usize], at, None, now));
+        std::hint::black_box(index.ping(&keys[driver as usize], at, None, now));
     });
     let bare = Side {
         name: "hail FleetIndex",

@@ -24,7 +24,7 @@ use hail::{
     config::{Matching, ServerConfig},
     dispatch::DispatchLoop,
     error::ErrorCode,
-    fleet::DriverStatus,
+    fleet::{DriverKey, DriverStatus},
     geometry::LatLng,
     hub::DriverOutbound,
     metrics::Metrics,
@@ -154,6 +154,8 @@ struct System {
     dispatch: DispatchLoop,
     inboxes: Vec<mpsc::Receiver<DriverOutbound>>,
     drivers: Vec<Principal>,
+    /// Each driver's key from its last connect, as its socket holds it.
+    keys: Vec<Option<DriverKey>>,
     passengers: Vec<Principal>,
     base: Instant,
 }
@@ -214,11 +216,12 @@ impl System {
         let now = self.now(t);
         self.inboxes[d] = self.rides.hub.register_driver(&id).1;
         let trip = self.rides.driver_trip(&id).await.unwrap();
-        self.rides.driver_connected(&id, trip, now);
+        let key = self.rides.driver_connected(&id, trip, now);
         let position = driver_position(d);
         self.rides
-            .location(&id, position.lat(), position.lng(), None, now)
+            .location(&key, position.lat(), position.lng(), None, now)
             .unwrap();
+        self.keys[d] = Some(key);
         let status = if available {
             DriverStatus::Available
         } else {
@@ -266,6 +269,7 @@ async fn run_model(
         dispatch,
         inboxes: (0..DRIVERS).map(|_| mpsc::channel(1).1).collect(),
         drivers,
+        keys: vec![None; DRIVERS],
         passengers,
         base: Instant::now(),
     };
@@ -449,11 +453,13 @@ async fn run_model(
                 model.withdraw(d);
             }
             Op::Online(d) => {
-                let id = &system.drivers[d].id;
-                rides.status(id, DriverStatus::Available, now);
+                rides.status(&system.drivers[d].id, DriverStatus::Available, now);
                 let position = driver_position(d);
+                let key = system.keys[d]
+                    .as_ref()
+                    .expect("every driver connected first");
                 rides
-                    .location(id, position.lat(), position.lng(), None, now)
+                    .location(key, position.lat(), position.lng(), None, now)
                     .unwrap();
                 model.available[d] = true;
                 model.last_ping[d] = model.t;

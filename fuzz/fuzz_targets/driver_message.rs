@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let app = harness.app();
     let _runtime = harness.runtime.enter();
     let now = tokio::time::Instant::now();
-    let driver = &harness.driver.id;
+    let driver = harness.driver_key.as_ref().expect("connected on start");
     if let Err(error) = hail::gateway::driver_socket::handle(app, driver, text, now) {
         assert!(error.status().is_client_error(), "{error:?}");
         assert!(!error.message.is_empty());

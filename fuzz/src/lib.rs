@@ -14,6 +14,7 @@ use axum::{
 };
 use hail::{
     config::ServerConfig,
+    fleet::DriverKey,
     gateway::{self, AppState},
     protocol::rest::{Credentials, ErrorBody},
     server::{self, Server},
@@ -30,6 +31,8 @@ pub struct Harness {
     pub router: Router,
     pub passenger: Credentials,
     pub driver: Credentials,
+    /// The driver's key in the fleet: it is connected, as if its socket were open.
+    pub driver_key: Option<DriverKey>,
     /// A trip of the passenger's, waiting when the run starts (the fuzzer may cancel it).
     pub trip: String,
     server: Server,
@@ -65,6 +68,7 @@ impl Harness {
             router,
             passenger: placeholder(),
             driver: placeholder(),
+            driver_key: None,
             trip: String::new(),
             server,
         };
@@ -74,6 +78,11 @@ impl Harness {
             Some(OPERATOR),
             r#"{"name":"Fuzz","vehicle":{"plate":"12가3456"}}"#,
         );
+        harness.driver_key = Some(harness.server.app.rides.driver_connected(
+            &harness.driver.id,
+            None,
+            tokio::time::Instant::now(),
+        ));
         let trip: Trip = harness.created(
             "/v1/trips",
             Some(&harness.passenger.token.clone()),

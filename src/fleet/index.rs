@@ -69,6 +69,22 @@ struct Slot {
     version: u64,
 }
 
+/// A driver's slot, held by its socket so that a ping finds the driver without hashing
+/// its id. Right while the slot holds this driver: the slot keeps the very `Arc` of the
+/// id that the key holds (and the key's clone keeps that address from being reused);
+/// if the driver left and came back into another slot, the key falls back to its id.
+#[derive(Debug, Clone)]
+pub struct DriverKey {
+    id: Arc<str>,
+    slot: u32,
+}
+
+impl DriverKey {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 /// A driver the dispatcher may offer a trip to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
@@ -169,10 +185,35 @@ impl FleetIndex {
         self.slots[index as usize].as_ref()
     }
 
+    /// The key of an online driver, for [`Self::ping`].
+    pub fn key(&self, driver_id: &str) -> Option<DriverKey> {
+        let index = *self.by_id.get(driver_id)?;
+        self.key_of(index)
+    }
+
+    fn key_of(&self, index: u32) -> Option<DriverKey> {
+        self.slots[index as usize].as_ref().map(|slot| DriverKey {
+            id: slot.id.clone(),
+            slot: index,
+        })
+    }
+
+    /// The slot a key names: its own, unless the driver has moved to another since.
+    fn find(&self, key: &DriverKey) -> Option<u32> {
+        match self.slots.get(key.slot as usize) {
+            Some(Some(slot)) if Arc::ptr_eq(&slot.id, &key.id) => Some(key.slot),
+            _ => self.by_id.get(&*key.id).copied(),
+        }
+    }
+
     /// Mutable access counts as a change: the slot gets the next version, which is how
     /// the operator stream finds what moved since its last batch.
     fn slot_mut(&mut self, driver_id: &str) -> Option<(u32, &mut Slot)> {
         let index = *self.by_id.get(driver_id)?;
+        self.touch(index)
+    }
+
+    fn touch(&mut self, index: u32) -> Option<(u32, &mut Slot)> {
         self.clock += 1;
         let version = self.clock;
         self.slots[index as usize].as_mut().map(|slot| {
@@ -201,8 +242,9 @@ impl FleetIndex {
 
     fn new_slot(&mut self, driver_id: &str, now: Instant) -> u32 {
         self.clock += 1;
+        let id: Arc<str> = Arc::from(driver_id);
         let slot = Slot {
-            id: Arc::from(driver_id),
+            id: id.clone(),
             position: None,
             unit: [0.0; 3],
             heading_deg: None,
@@ -227,25 +269,25 @@ impl FleetIndex {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.by_id.insert(Arc::from(driver_id), index);
+        self.by_id.insert(id, index);
         index
     }
 
     /// A socket of this driver opened on this node. A new driver starts `available` with
     /// its trip (if any) as the store knows it; one coming back inside the grace period
-    /// keeps its state.
+    /// keeps its state. Returns the key its socket pings with.
     pub fn connect(
         &mut self,
         driver_id: &str,
         trip_id: Option<String>,
         now: Instant,
         wall: Timestamp,
-    ) {
+    ) -> DriverKey {
         let index = match self.by_id.get(driver_id) {
             Some(&index) => index,
             None => self.new_slot(driver_id, now),
         };
-        let (_, slot) = self.slot_mut(driver_id).expect("created above");
+        let (_, slot) = self.touch(index).expect("created above");
         if slot.node.is_some() {
             // It was held elsewhere: this connection is the newer one.
             slot.node = None;
@@ -256,6 +298,7 @@ impl FleetIndex {
         slot.last_ping = now;
         slot.trip_id = trip_id;
         self.place(index);
+        self.key_of(index).expect("created above")
     }
 
     /// A socket of this driver closed on this node. The driver stays until
@@ -306,17 +349,19 @@ impl FleetIndex {
         self.free_slots.push(index);
     }
 
-    /// A location ping. The position is already validated by its type; a heading is kept
-    /// in [0, 360) or dropped if not finite.
+    /// A location ping from the driver's socket. The position is already validated by its
+    /// type; a heading is kept in [0, 360) or dropped if not finite. `None` if the driver
+    /// is no longer online.
     pub fn ping(
         &mut self,
-        driver_id: &str,
+        driver: &DriverKey,
         position: LatLng,
         heading_deg: Option<f64>,
         now: Instant,
     ) -> Option<PingOutcome> {
         let (stale_after, max_speed_mps) = (self.stale_after, self.max_speed_mps);
-        let (index, slot) = self.slot_mut(driver_id)?;
+        let index = self.find(driver)?;
+        let (index, slot) = self.touch(index)?;
         let was_dispatchable = Self::is_dispatchable(slot, now, stale_after);
         if let Some(odometer) = &mut slot.odometer {
             odometer.count(position, now, max_speed_mps);

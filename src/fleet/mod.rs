@@ -19,8 +19,8 @@ use tokio::time::Instant;
 
 use crate::{geometry::LatLng, protocol::operators::Stats, trip::Timestamp};
 pub use index::{
-    Availability, Candidate, DriverRecord, DriverState, DriverStatus, DriverView, FleetChanges,
-    FleetIndex, PingOutcome,
+    Availability, Candidate, DriverKey, DriverRecord, DriverState, DriverStatus, DriverView,
+    FleetChanges, FleetIndex, PingOutcome,
 };
 
 /// Shared handle to the fleet index. Cheap to share behind an `Arc`.
@@ -79,13 +79,19 @@ impl Fleet {
         }
     }
 
-    /// A socket of this driver opened on this node.
-    pub fn connect(&self, driver_id: &str, trip_id: Option<String>, now: Instant) {
+    /// A socket of this driver opened on this node. Returns the key its pings use.
+    pub fn connect(&self, driver_id: &str, trip_id: Option<String>, now: Instant) -> DriverKey {
         let mut state = self.lock();
-        state
+        let key = state
             .index
             .connect(driver_id, trip_id, now, Timestamp::now());
         Self::changed(&mut state, driver_id);
+        key
+    }
+
+    /// The key of an online driver.
+    pub fn key(&self, driver_id: &str) -> Option<DriverKey> {
+        self.lock().index.key(driver_id)
     }
 
     /// A socket of this driver on this node closed.
@@ -97,15 +103,15 @@ impl Fleet {
 
     pub fn ping(
         &self,
-        driver_id: &str,
+        driver: &DriverKey,
         position: LatLng,
         heading_deg: Option<f64>,
         now: Instant,
     ) -> Option<PingOutcome> {
         let mut state = self.lock();
-        let outcome = state.index.ping(driver_id, position, heading_deg, now);
+        let outcome = state.index.ping(driver, position, heading_deg, now);
         if outcome.is_some() {
-            Self::changed(&mut state, driver_id);
+            Self::changed(&mut state, driver.id());
         }
         outcome
     }

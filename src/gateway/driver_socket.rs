@@ -22,6 +22,7 @@ use super::{
 use crate::{
     auth::Principal,
     error::{ApiError, ErrorCode},
+    fleet::DriverKey,
     hub::DriverOutbound,
     protocol::{DriverMessage, MAX_MESSAGE_BYTES, ServerMessage, close_code as hail_close},
     trip::Role,
@@ -67,7 +68,7 @@ async fn run(state: AppState, driver_id: String, trip_id: Option<String>, socket
     let rides = &state.rides;
     rides.metrics.sockets_open.inc();
     let (connection, mut outbound) = rides.hub.register_driver(&driver_id);
-    rides.driver_connected(&driver_id, trip_id, Instant::now());
+    let key = rides.driver_connected(&driver_id, trip_id, Instant::now());
     let (replies, mut replying) = mpsc::channel::<Reply>(ERROR_QUEUE);
     let (mut sink, mut stream) = socket.split();
     let mut shutdown = state.shutdown.clone();
@@ -144,7 +145,7 @@ async fn run(state: AppState, driver_id: String, trip_id: Option<String>, socket
                 _ => Ok(()),
             },
             Admission::Allowed => match frame {
-                Message::Text(body) => handle(&state, &driver_id, body.as_str(), now),
+                Message::Text(body) => handle(&state, &key, body.as_str(), now),
                 Message::Binary(_) => Err(ApiError::new(
                     ErrorCode::UnsupportedFrame,
                     "send JSON text frames",
@@ -177,7 +178,12 @@ async fn run(state: AppState, driver_id: String, trip_id: Option<String>, socket
 
 /// One text frame from a driver's socket: parsed, checked, applied. Public for the fuzz
 /// target (`fuzz/fuzz_targets/driver_message.rs`), which feeds it what a socket could.
-pub fn handle(state: &AppState, driver_id: &str, body: &str, now: Instant) -> Result<(), ApiError> {
+pub fn handle(
+    state: &AppState,
+    driver: &DriverKey,
+    body: &str,
+    now: Instant,
+) -> Result<(), ApiError> {
     if body.len() > MAX_MESSAGE_BYTES {
         return Err(ApiError::new(
             ErrorCode::MessageTooLarge,
@@ -197,9 +203,9 @@ pub fn handle(state: &AppState, driver_id: &str, body: &str, now: Instant) -> Re
             lng,
             heading_deg,
             speed_mps: _,
-        } => state.rides.location(driver_id, lat, lng, heading_deg, now),
+        } => state.rides.location(driver, lat, lng, heading_deg, now),
         DriverMessage::Status { status } => {
-            state.rides.status(driver_id, status, now);
+            state.rides.status(driver.id(), status, now);
             Ok(())
         }
     }

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::Rides;
 use crate::{
     error::{ApiError, ErrorCode},
-    fleet::DriverStatus,
+    fleet::{DriverKey, DriverStatus},
     geometry::LatLng,
     protocol::OfferMessage,
     store::StoreError,
@@ -26,10 +26,16 @@ impl Rides {
             .map(|trip| trip.id))
     }
 
-    /// A socket of this driver opened here.
-    pub fn driver_connected(&self, driver_id: &str, trip_id: Option<String>, now: Instant) {
-        self.fleet.connect(driver_id, trip_id, now);
+    /// A socket of this driver opened here. Returns the key its pings use.
+    pub fn driver_connected(
+        &self,
+        driver_id: &str,
+        trip_id: Option<String>,
+        now: Instant,
+    ) -> DriverKey {
+        let key = self.fleet.connect(driver_id, trip_id, now);
         self.dispatcher.driver_available();
+        key
     }
 
     /// The open offer a driver holds, to send again on a new socket: it may have been
@@ -46,7 +52,7 @@ impl Rides {
     /// A location ping. Bad coordinates are refused before anything sees them.
     pub fn location(
         &self,
-        driver_id: &str,
+        driver: &DriverKey,
         lat: f64,
         lng: f64,
         heading_deg: Option<f64>,
@@ -54,7 +60,7 @@ impl Rides {
     ) -> Result<(), ApiError> {
         let position = LatLng::new(lat, lng)
             .map_err(|e| ApiError::new(ErrorCode::InvalidCoordinates, e.to_string()))?;
-        let Some(outcome) = self.fleet.ping(driver_id, position, heading_deg, now) else {
+        let Some(outcome) = self.fleet.ping(driver, position, heading_deg, now) else {
             return Ok(());
         };
         self.metrics.location_pings.inc();

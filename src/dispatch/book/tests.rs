@@ -33,8 +33,8 @@ fn pickup() -> LatLng {
 fn fleet(drivers: &[(&str, f64)], now: Instant) -> FleetIndex {
     let mut fleet = FleetIndex::new(Duration::from_secs(30));
     for (id, metres_north) in drivers {
-        fleet.connect(id, None, now, Timestamp(1));
-        fleet.ping(id, pickup().destination(0.0, *metres_north), None, now);
+        let key = fleet.connect(id, None, now, Timestamp(1));
+        fleet.ping(&key, pickup().destination(0.0, *metres_north), None, now);
     }
     fleet
 }

@@ -1,25 +1,35 @@
-//! Where the dispatchable drivers are: an `rstar` R-tree whose leaves are *pages*, one per
-//! cell of a latitude/longitude grid (about 220 m a side in Korea), each holding its
-//! drivers' rows inline — as a disk R-tree's leaf pages hold many entries, not one.
+//! Where the dispatchable drivers are: an `rstar` R-tree of *blocks*, each an 8 × 8 patch
+//! of a latitude/longitude grid whose cells (about 330 m a side in Korea) are *pages*
+//! holding their drivers' rows inline — as a disk R-tree's leaf pages hold many entries,
+//! not one.
 //!
 //! A driver moving inside its cell is a write to its row; crossing into the next cell is
 //! a swap-remove from one page and a push onto another — the tree changes only when a
-//! cell gets its first driver ever (empty pages stay until [`Pages::sweep_empty`]). A
-//! query asks the tree for the pages meeting a latitude/longitude box around the pickup
-//! and reads their rows, a few contiguous cache lines per page.
+//! block gets its first driver (empty blocks stay until [`Pages::sweep_empty`]). A query
+//! asks the tree for the blocks meeting a latitude/longitude box around the pickup — a
+//! few thousand blocks hold a country's 250,000 drivers, so the tree stays in the cache —
+//! and reads the rows of the cells the box meets, a few contiguous cache lines each.
 
 use rstar::{AABB, RStarInsertionStrategy, RTree, RTreeObject, RTreeParams};
 use tokio::time::Instant;
 
 use crate::geometry::{EARTH_RADIUS_M, LatLng};
 
-/// A cell's side in degrees of latitude (≈ 222 m).
-const CELL_LAT_DEG: f64 = 0.002;
+/// A cell's side in degrees of latitude (≈ 334 m). Larger cells mean fewer pages to read
+/// where drivers are sparse and more rows where they are dense: at 250,000 drivers around
+/// Korea's cities, 330 m answered faster than 220 m (`benches/fleet.rs`).
+pub(super) const CELL_LAT_DEG: f64 = 0.003;
 /// A cell's side in metres, north to south.
 pub const CELL_SIDE_M: f64 = CELL_LAT_DEG * EARTH_RADIUS_M * std::f64::consts::PI / 180.0;
-/// A cell's side in degrees of longitude (≈ 220 m at Seoul's latitude, 278 m at the
+/// A cell's side in degrees of longitude (≈ 330 m at Seoul's latitude, 417 m at the
 /// equator).
-const CELL_LNG_DEG: f64 = 0.0025;
+pub(super) const CELL_LNG_DEG: f64 = 0.00375;
+
+/// A block's side is 2^BLOCK_BITS cells (8: about 2.7 km), so a cell's block is its key
+/// shifted.
+const BLOCK_BITS: u32 = 3;
+const BLOCK_SIDE: i32 = 1 << BLOCK_BITS;
+const BLOCK_CELLS: usize = (BLOCK_SIDE * BLOCK_SIDE) as usize;
 
 /// What a query reads of a driver: 48 bytes, inline in its page.
 #[derive(Debug, Clone, Copy)]
@@ -33,40 +43,47 @@ pub(super) struct Row {
     pub ready: bool,
 }
 
-/// Which page, and which row in it.
+/// Which cell, in which block, and which row of its page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Place {
-    page: u32,
+    cell: Key,
+    block: u32,
     row: u32,
 }
 
+/// A cell's or a block's (row, column) in the grid: latitude and longitude steps from
+/// (0°, 0°).
 type Key = (i32, i32);
 
-struct Page {
+struct Block {
     key: Key,
-    rows: Vec<Row>,
+    /// Its cells' pages, row-major: cell (i, j) is at (i mod 8) · 8 + j mod 8.
+    cells: [Vec<Row>; BLOCK_CELLS],
     /// In the tree and the key map (not on the free list).
     open: bool,
 }
 
+/// A block in the tree: its key too, so that a query finds its cells without reading the
+/// block first.
 #[derive(Debug, Clone, PartialEq)]
-struct PageEntry {
+struct BlockEntry {
     envelope: AABB<[f64; 2]>,
-    page: u32,
+    key: Key,
+    block: u32,
 }
 
-impl RTreeObject for PageEntry {
+impl RTreeObject for BlockEntry {
     type Envelope = AABB<[f64; 2]>;
     fn envelope(&self) -> Self::Envelope {
         self.envelope
     }
 }
 
-/// Wide nodes: the tree changes only when a page opens or closes, so its insertion cost
-/// hardly matters, and a query visits fewer, fuller nodes (4 levels at 50,000 pages).
-struct PageParams;
+/// Wide nodes: the tree changes only when a block opens or closes, so its insertion cost
+/// hardly matters, and a query visits fewer, fuller nodes.
+struct BlockParams;
 
-impl RTreeParams for PageParams {
+impl RTreeParams for BlockParams {
     const MIN_SIZE: usize = 6;
     const MAX_SIZE: usize = 16;
     const REINSERTION_COUNT: usize = 4;
@@ -75,25 +92,43 @@ impl RTreeParams for PageParams {
 
 #[derive(Default)]
 pub(super) struct Pages {
-    tree: RTree<PageEntry, PageParams>,
-    pages: Vec<Page>,
+    tree: RTree<BlockEntry, BlockParams>,
+    blocks: Vec<Block>,
     by_key: std::collections::HashMap<Key, u32, foldhash::fast::RandomState>,
     free: Vec<u32>,
 }
 
-fn key_of(position: LatLng) -> Key {
+fn cell_of(position: LatLng) -> Key {
     (
         (position.lat() / CELL_LAT_DEG).floor() as i32,
         (position.lng() / CELL_LNG_DEG).floor() as i32,
     )
 }
 
-fn cell(key: Key) -> AABB<[f64; 2]> {
-    let (lat, lng) = (
-        f64::from(key.0) * CELL_LAT_DEG,
-        f64::from(key.1) * CELL_LNG_DEG,
+/// The block holding `cell` (an arithmetic shift floors negative keys too).
+fn block_of(cell: Key) -> Key {
+    (cell.0 >> BLOCK_BITS, cell.1 >> BLOCK_BITS)
+}
+
+/// Where `cell`'s page is in its block.
+fn page_of(cell: Key) -> usize {
+    let mask = BLOCK_SIDE - 1;
+    ((cell.0 & mask) * BLOCK_SIDE + (cell.1 & mask)) as usize
+}
+
+/// A block's extent, a billionth of a degree wider all round than its cells, so that no
+/// rounding can leave a row's position outside its block's envelope.
+fn envelope(block: Key) -> AABB<[f64; 2]> {
+    const SLACK: f64 = 1e-9;
+    let (south, west) = (
+        f64::from(block.0 * BLOCK_SIDE) * CELL_LAT_DEG,
+        f64::from(block.1 * BLOCK_SIDE) * CELL_LNG_DEG,
     );
-    AABB::from_corners([lat, lng], [lat + CELL_LAT_DEG, lng + CELL_LNG_DEG])
+    let (north, east) = (
+        south + f64::from(BLOCK_SIDE) * CELL_LAT_DEG,
+        west + f64::from(BLOCK_SIDE) * CELL_LNG_DEG,
+    );
+    AABB::from_corners([south - SLACK, west - SLACK], [north + SLACK, east + SLACK])
 }
 
 impl Pages {
@@ -101,104 +136,136 @@ impl Pages {
     /// row to the right page. Returns its place, and the slot of a row that the move
     /// shifted (its place is now the old `place`).
     pub fn update(&mut self, place: Place, position: LatLng, row: Row) -> (Place, Option<u32>) {
-        if self.pages[place.page as usize].key == key_of(position) {
-            self.pages[place.page as usize].rows[place.row as usize] = row;
+        let cell = cell_of(position);
+        if cell == place.cell {
+            self.blocks[place.block as usize].cells[page_of(cell)][place.row as usize] = row;
             return (place, None);
         }
         let shifted = self.remove(place);
-        (self.insert(position, row), shifted)
+        (self.insert_in(cell, row), shifted)
     }
 
     pub fn insert(&mut self, position: LatLng, row: Row) -> Place {
-        let key = key_of(position);
-        let page = match self.by_key.get(&key) {
-            Some(&page) => page,
+        self.insert_in(cell_of(position), row)
+    }
+
+    fn insert_in(&mut self, cell: Key, row: Row) -> Place {
+        let key = block_of(cell);
+        let block = match self.by_key.get(&key) {
+            Some(&block) => block,
             None => self.open(key),
         };
-        let rows = &mut self.pages[page as usize].rows;
+        let rows = &mut self.blocks[block as usize].cells[page_of(cell)];
         rows.push(row);
         Place {
-            page,
+            cell,
+            block,
             row: (rows.len() - 1) as u32,
         }
     }
 
     /// Takes the row at `place` out. Returns the slot of the row moved into its place.
     pub fn remove(&mut self, place: Place) -> Option<u32> {
-        let rows = &mut self.pages[place.page as usize].rows;
+        let rows = &mut self.blocks[place.block as usize].cells[page_of(place.cell)];
         rows.swap_remove(place.row as usize);
         rows.get(place.row as usize).map(|row| row.slot)
     }
 
     fn open(&mut self, key: Key) -> u32 {
-        let page = Page {
+        let block = Block {
             key,
-            rows: Vec::new(),
+            cells: std::array::from_fn(|_| Vec::new()),
             open: true,
         };
         let index = match self.free.pop() {
             Some(index) => {
-                self.pages[index as usize] = page;
+                self.blocks[index as usize] = block;
                 index
             }
             None => {
-                self.pages.push(page);
-                (self.pages.len() - 1) as u32
+                self.blocks.push(block);
+                (self.blocks.len() - 1) as u32
             }
         };
         self.by_key.insert(key, index);
-        self.tree.insert(PageEntry {
-            envelope: cell(key),
-            page: index,
+        self.tree.insert(BlockEntry {
+            envelope: envelope(key),
+            key,
+            block: index,
         });
         index
     }
 
-    /// Rows held, and pages open (in the tree).
+    /// Rows held, and blocks open (in the tree).
     #[cfg(test)]
     pub fn size(&self) -> (usize, usize) {
-        let open = self.pages.iter().filter(|page| page.open);
-        let rows = open.clone().map(|page| page.rows.len()).sum();
+        let open = self.blocks.iter().filter(|block| block.open);
+        let rows = open.clone().flat_map(|block| &block.cells).map(Vec::len);
         debug_assert_eq!(self.tree.size(), open.clone().count());
-        (rows, open.count())
+        (rows.sum(), open.count())
     }
 
-    /// Where the row of `slot` is, if it has one (checks the page agrees).
+    /// The row at `place`.
     #[cfg(test)]
     pub fn row(&self, place: Place) -> Row {
-        self.pages[place.page as usize].rows[place.row as usize]
+        self.blocks[place.block as usize].cells[page_of(place.cell)][place.row as usize]
     }
 
-    /// Forgets the pages left empty (drivers drove away), so a fleet that roams the
-    /// country does not keep a page for every cell it ever crossed.
+    /// Forgets the blocks left empty (drivers drove away), so a fleet that roams the
+    /// country does not keep a block for every place it ever crossed; and the memory of
+    /// empty pages.
     pub fn sweep_empty(&mut self) {
-        for index in 0..self.pages.len() {
-            let page = &mut self.pages[index];
-            if !page.open || !page.rows.is_empty() {
+        for index in 0..self.blocks.len() {
+            let block = &mut self.blocks[index];
+            if !block.open {
                 continue;
             }
-            let key = page.key;
-            page.rows = Vec::new();
-            page.open = false;
+            for rows in block.cells.iter_mut().filter(|rows| rows.is_empty()) {
+                *rows = Vec::new();
+            }
+            if block.cells.iter().any(|rows| !rows.is_empty()) {
+                continue;
+            }
+            let key = block.key;
+            block.open = false;
             self.by_key.remove(&key);
-            self.tree.remove(&PageEntry {
-                envelope: cell(key),
-                page: index as u32,
+            self.tree.remove(&BlockEntry {
+                envelope: envelope(key),
+                key,
+                block: index as u32,
             });
             self.free.push(index as u32);
         }
     }
 
-    /// How many drivers the cell of `position` holds: the local density, to guess how
-    /// far a query must reach.
-    pub fn rows_at(&self, position: LatLng) -> usize {
-        self.by_key
-            .get(&key_of(position))
-            .map_or(0, |&page| self.pages[page as usize].rows.len())
+    /// Drivers per cell around `position` (the mean of its cell and the eight around it):
+    /// the local density, to guess how far a query must reach.
+    pub fn density_at(&self, position: LatLng) -> f64 {
+        let (row, column) = cell_of(position);
+        let mut drivers = 0;
+        // Nine cells lie in one to four blocks: look each block up once.
+        let mut looked_up: Option<(Key, Option<u32>)> = None;
+        for row in row - 1..=row + 1 {
+            for column in column - 1..=column + 1 {
+                let key = block_of((row, column));
+                let block = match looked_up {
+                    Some((known, block)) if known == key => block,
+                    _ => {
+                        let block = self.by_key.get(&key).copied();
+                        looked_up = Some((key, block));
+                        block
+                    }
+                };
+                if let Some(block) = block {
+                    drivers += self.blocks[block as usize].cells[page_of((row, column))].len();
+                }
+            }
+        }
+        drivers as f64 / 9.0
     }
 
     /// Every row whose driver may be within `reach_m` of `centre` (and some beyond):
-    /// the rows of every page meeting the latitude/longitude box around the spherical cap.
+    /// the rows of every cell meeting the latitude/longitude box around the spherical cap.
     pub fn near(&self, centre: LatLng, reach_m: f64, mut visit: impl FnMut(&Row)) {
         let angle = reach_m / EARTH_RADIUS_M;
         let lat_reach = angle.to_degrees() * (1.0 + 1e-6);
@@ -221,16 +288,54 @@ impl Pages {
             (west < -180.0).then_some([west + 360.0, 180.0]),
             (east > 180.0).then_some([-180.0, east - 360.0]),
         ];
+        // A cell in a corner of the box may lie wholly outside the cap: it is skipped if its
+        // nearest point is beyond the reach, measured flat (metres north, and east at the
+        // cosine of the box's poleward edge, which shortens it) with 1 % and a metre to
+        // spare for the Earth's curve — for reaches up to 10 km, where the flat error is
+        // far smaller, and boxes that neither wrap nor hold a pole.
+        let flat =
+            reach_m <= 10_000.0 && lng_reach < 180.0 && boxes[1..].iter().all(Option::is_none);
+        let metres_per_degree = EARTH_RADIUS_M.to_radians();
+        let east_scale = metres_per_degree * south.abs().max(north.abs()).to_radians().cos();
+        let beyond = (reach_m * 1.01 + 1.0).powi(2);
+        let outside = |row: i32, column: i32| {
+            let (row_south, column_west) = (
+                f64::from(row) * CELL_LAT_DEG,
+                f64::from(column) * CELL_LNG_DEG,
+            );
+            let north_of = (row_south - centre.lat())
+                .max(centre.lat() - row_south - CELL_LAT_DEG)
+                .max(0.0);
+            let east_of = (column_west - centre.lng())
+                .max(centre.lng() - column_west - CELL_LNG_DEG)
+                .max(0.0);
+            flat && (north_of * metres_per_degree).powi(2) + (east_of * east_scale).powi(2) > beyond
+        };
+        // The cells the box meets, by the same rounding that put each row in its cell.
+        let rows_from = (south / CELL_LAT_DEG).floor() as i32;
+        let rows_to = (north / CELL_LAT_DEG).floor() as i32;
         // The pages first, then their rows: the reads of different pages do not wait on
         // each other, so their cache misses overlap.
         let mut pages: Vec<&[Row]> = Vec::with_capacity(32);
         for [west, east] in boxes.into_iter().flatten() {
+            let columns_from = (west / CELL_LNG_DEG).floor() as i32;
+            let columns_to = (east / CELL_LNG_DEG).floor() as i32;
             let area = AABB::from_corners([south, west], [north, east]);
-            pages.extend(
-                self.tree
-                    .locate_in_envelope_intersecting(&area)
-                    .map(|entry| self.pages[entry.page as usize].rows.as_slice()),
-            );
+            for entry in self.tree.locate_in_envelope_intersecting(&area) {
+                let cells = &self.blocks[entry.block as usize].cells;
+                let (first_row, first_column) =
+                    (entry.key.0 * BLOCK_SIDE, entry.key.1 * BLOCK_SIDE);
+                let columns =
+                    columns_from.max(first_column)..=columns_to.min(first_column + BLOCK_SIDE - 1);
+                for row in rows_from.max(first_row)..=rows_to.min(first_row + BLOCK_SIDE - 1) {
+                    for column in columns.clone() {
+                        let rows = &cells[page_of((row, column))];
+                        if !rows.is_empty() && !outside(row, column) {
+                            pages.push(rows);
+                        }
+                    }
+                }
+            }
         }
         pages.into_iter().flatten().for_each(&mut visit);
     }

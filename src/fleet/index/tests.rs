@@ -10,8 +10,32 @@ fn seoul() -> LatLng {
 }
 
 fn online(index: &mut FleetIndex, id: &str, at: LatLng, now: Instant) {
-    index.connect(id, None, now, Timestamp(1));
-    index.ping(id, at, None, now).unwrap();
+    let key = index.connect(id, None, now, Timestamp(1));
+    index.ping(&key, at, None, now).unwrap();
+}
+
+/// A ping by the driver's id, as a socket would send it with the key it got on connect.
+trait PingById {
+    fn ping_id(
+        &mut self,
+        id: &str,
+        at: LatLng,
+        heading_deg: Option<f64>,
+        now: Instant,
+    ) -> Option<PingOutcome>;
+}
+
+impl PingById for FleetIndex {
+    fn ping_id(
+        &mut self,
+        id: &str,
+        at: LatLng,
+        heading_deg: Option<f64>,
+        now: Instant,
+    ) -> Option<PingOutcome> {
+        let key = self.key(id)?;
+        self.ping(&key, at, heading_deg, now)
+    }
 }
 
 #[test]
@@ -33,7 +57,7 @@ fn nearest_matches_brute_force_while_drivers_move() {
         // Move everyone a little (some inside their box, some out of it).
         for (id, p) in positions.iter_mut() {
             *p = p.destination(rng.random_range(0.0..360.0), rng.random_range(0.0..400.0));
-            index.ping(id, *p, None, now).unwrap();
+            index.ping_id(id, *p, None, now).unwrap();
         }
         let pickup = seoul().destination(round as f64 * 70.0, 2_000.0);
         let found = index.nearest_available(pickup, 3_000.0, 8, now, |_| false);
@@ -172,7 +196,7 @@ fn odometer_counts_only_a_started_trip() {
     let mut p = seoul();
     for second in 1..=10 {
         p = p.destination(90.0, 50.0);
-        index.ping("d", p, None, now + Duration::from_secs(second));
+        index.ping_id("d", p, None, now + Duration::from_secs(second));
     }
     let (metres, implausible) = index.odometer_m("d").unwrap();
     assert!((metres - 500.0).abs() < 1.0, "{metres}");
@@ -189,20 +213,20 @@ fn odometer_leaves_out_impossible_speeds() {
     index.set_trip("d", Some("trp".into()));
     index.start_odometer("d", now);
     let antipode = LatLng::new(-seoul().lat(), seoul().lng() - 180.0).unwrap();
-    index.ping("d", antipode, None, now + Duration::from_secs(4));
+    index.ping_id("d", antipode, None, now + Duration::from_secs(4));
     let near = seoul().destination(0.0, 200.0);
-    index.ping("d", near, None, now + Duration::from_secs(8));
+    index.ping_id("d", near, None, now + Duration::from_secs(8));
     // Two pings delivered together: the second is too fast from the first, but is
     // counted from there once the next one comes.
     let a = near.destination(0.0, 100.0);
-    index.ping("d", a, None, now + Duration::from_millis(12_000));
-    index.ping(
+    index.ping_id("d", a, None, now + Duration::from_millis(12_000));
+    index.ping_id(
         "d",
         a.destination(0.0, 100.0),
         None,
         now + Duration::from_millis(12_001),
     );
-    index.ping(
+    index.ping_id(
         "d",
         a.destination(0.0, 300.0),
         None,
@@ -275,7 +299,7 @@ fn changes_are_reported_once_per_reader_version() {
     online(&mut index, "b", seoul(), now);
     let start = index.version();
     assert!(index.changed_since(start, now).unwrap().drivers.is_empty());
-    index.ping("a", seoul().destination(0.0, 10.0), None, now);
+    index.ping_id("a", seoul().destination(0.0, 10.0), None, now);
     let changes = index.changed_since(start, now).unwrap();
     let ids: Vec<&str> = changes.drivers.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(ids, ["a"]);
@@ -336,17 +360,15 @@ fn nearest_matches_brute_force_in_a_dense_mixed_fleet() {
                     index.set_trip(&id, trip);
                 }
                 77..79 => index.disconnect(&id),
-                79..81 => index.connect(
-                    &id,
-                    index.view(&id, now).unwrap().trip_id,
-                    now,
-                    Timestamp(2),
-                ),
+                79..81 => {
+                    let trip = index.view(&id, now).unwrap().trip_id;
+                    index.connect(&id, trip, now, Timestamp(2));
+                }
                 // Silent: goes stale in time.
                 81..90 => continue,
                 _ => {}
             }
-            index.ping(&id, *p, None, now).unwrap();
+            index.ping_id(&id, *p, None, now).unwrap();
         }
         assert_consistent(&index);
         let now = now + Duration::from_millis(500);
@@ -394,4 +416,75 @@ fn nearest_reaches_across_the_antimeridian_and_over_a_pole() {
     let found = index.nearest_available(pole, 100.0, 8, now, |_| false);
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(&*found[0].driver_id, "over");
+}
+
+#[test]
+fn a_socket_key_pings_its_own_driver_even_after_its_slot_is_reused() {
+    let now = Instant::now();
+    let later = now + Duration::from_secs(60);
+    let mut index = FleetIndex::new(STALE);
+    let a = index.connect("a", None, now, Timestamp(1));
+    index.ping(&a, seoul(), None, now).unwrap();
+    assert_eq!(index.position("a"), Some(seoul()));
+
+    // "a" goes offline for good; "b" takes its slot.
+    index.disconnect("a");
+    assert_eq!(index.sweep_offline(later, Duration::from_secs(10)), ["a"]);
+    let b = index.connect("b", None, later, Timestamp(2));
+    assert_eq!(b.slot, a.slot, "the freed slot is reused");
+    // The stale key of "a" does not move "b", nor bring "a" back.
+    let elsewhere = seoul().destination(90.0, 1_000.0);
+    assert_eq!(index.ping(&a, elsewhere, None, later), None);
+    assert_eq!(index.position("b"), None);
+    assert!(!index.is_online("a"));
+
+    // "a" comes back, into another slot: its old key still finds it, by its id.
+    let again = index.connect("a", None, later, Timestamp(3));
+    assert_ne!(again.slot, a.slot);
+    index.ping(&a, elsewhere, None, later).unwrap();
+    assert_eq!(index.position("a"), Some(elsewhere));
+    assert_eq!(index.position("b"), None);
+    let found = index.nearest_available(elsewhere, 100.0, 1, later, |_| false);
+    assert_eq!(&*found[0].driver_id, "a");
+    assert_consistent(&index);
+}
+
+#[test]
+fn a_driver_in_the_nearest_corner_of_a_diagonal_cell_is_found() {
+    // Cells in the corners of a query's box are skipped when they lie wholly outside its
+    // reach: a driver just inside such a cell's corner nearest the pickup, asked for with
+    // a radius a centimetre beyond it, must still be found.
+    let now = Instant::now();
+    let (lat_step, lng_step) = (pages::CELL_LAT_DEG, pages::CELL_LNG_DEG);
+    for pickup in [seoul(), LatLng::new(-33.87, 151.21).unwrap()] {
+        let (row, column) = (
+            (pickup.lat() / lat_step).floor(),
+            (pickup.lng() / lng_step).floor(),
+        );
+        for rows_away in [-5.0, -2.0, -1.0, 1.0, 2.0, 5.0] {
+            for columns_away in [-5.0, -2.0, -1.0, 1.0, 2.0, 5.0] {
+                let (r, c): (f64, f64) = (row + rows_away, column + columns_away);
+                let lat = if rows_away > 0.0 {
+                    r * lat_step + 1e-9
+                } else {
+                    (r + 1.0) * lat_step - 1e-9
+                };
+                let lng = if columns_away > 0.0 {
+                    c * lng_step + 1e-9
+                } else {
+                    (c + 1.0) * lng_step - 1e-9
+                };
+                let driver = LatLng::new(lat, lng).unwrap();
+                let mut index = FleetIndex::new(STALE);
+                online(&mut index, "d", driver, now);
+                let radius = pickup.distance_m(&driver) + 0.01;
+                let found = index.nearest_available(pickup, radius, 1, now, |_| false);
+                assert_eq!(
+                    found.len(),
+                    1,
+                    "{rows_away} rows, {columns_away} columns away, {radius} m"
+                );
+            }
+        }
+    }
 }
