@@ -393,7 +393,6 @@ impl FleetIndex {
             (Some(position), old) => {
                 let row = Row {
                     unit: slot.unit,
-                    last_ping: slot.last_ping,
                     slot: index,
                     ready: slot.sockets > 0,
                 };

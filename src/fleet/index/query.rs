@@ -71,10 +71,7 @@ impl FleetIndex {
             let reach_squared = reach_chord * reach_chord;
             self.pages.near(pickup, reach, |row| {
                 let squared = geometry::squared_distance(&query, &row.unit);
-                if squared <= reach_squared
-                    && row.ready
-                    && fresh_since.is_none_or(|since| row.last_ping >= since)
-                {
+                if squared <= reach_squared && row.ready {
                     within.push((squared, row.slot));
                 }
             });
@@ -96,7 +93,8 @@ impl FleetIndex {
                 let Some(slot) = self.slots[index as usize].as_ref() else {
                     continue;
                 };
-                let Some(position) = slot.position.filter(|_| !exclude(&slot.id)) else {
+                let fresh = fresh_since.is_none_or(|since| slot.last_ping >= since);
+                let Some(position) = slot.position.filter(|_| fresh && !exclude(&slot.id)) else {
                     continue;
                 };
                 // Read the id now, while the other drivers' reads are in flight: cloning
