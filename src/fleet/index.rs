@@ -7,11 +7,11 @@
 //! In a cluster every node holds the whole fleet: drivers whose socket is on this node
 //! change here first; the others arrive as [`DriverRecord`]s from the node holding them.
 //!
-//! Positions are indexed in an `rstar` R-tree whose leaves are pages of a latitude/longitude
-//! grid, each holding its drivers' query rows inline ([`pages`]): a ping inside the
-//! driver's cell writes its row, crossing a cell moves the row between two pages, and a
-//! query reads a few pages around the pickup, widening until it has k drivers inside the
-//! reach it asked for (see `query.rs`).
+//! Positions are indexed in an `rstar` R-tree whose leaves are blocks of a latitude/longitude
+//! grid, each cell's page holding its drivers' query rows ([`pages`]): a ping (found by
+//! the [`DriverKey`] its socket holds) inside the driver's cell writes its row, crossing a
+//! cell moves the row between two pages, and a query reads a few pages around the pickup,
+//! widening until it has k drivers inside the reach it asked for (see `query.rs`).
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
