@@ -89,11 +89,6 @@ impl Fleet {
         key
     }
 
-    /// The key of an online driver.
-    pub fn key(&self, driver_id: &str) -> Option<DriverKey> {
-        self.lock().index.key(driver_id)
-    }
-
     /// A socket of this driver on this node closed.
     pub fn disconnect(&self, driver_id: &str) {
         let mut state = self.lock();

@@ -32,8 +32,8 @@ impl FleetIndex {
     /// drivers within `reach` are found they are the k nearest, and until then the reach
     /// widens (× 1.5, up to `radius_m`). The first reach is guessed from how many drivers
     /// the cells around the pickup hold, so that it usually holds k. The slot behind a
-    /// row is read only for the drivers that make the answer (to ask `exclude`, and to
-    /// answer).
+    /// row is read only for the drivers that make the answer (to check that it pinged
+    /// lately, to ask `exclude`, and to answer).
     pub fn nearest_available(
         &self,
         pickup: LatLng,
