@@ -274,7 +274,13 @@ async fn read(
                         let json = payload.to_vec();
                         // Bounded: a consumer that falls behind slows this socket's
                         // reading, which the report's latencies then show.
-                        let _ = sink.send(OfferFrame { driver: *driver, at, json }).await;
+                        let _ = sink
+                            .send(OfferFrame {
+                                driver: *driver,
+                                at,
+                                json,
+                            })
+                            .await;
                     }
                 }
                 0x1 => add(&counters.other_messages, 1),
