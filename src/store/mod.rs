@@ -172,22 +172,7 @@ struct Shared {
     /// While set, every operation fails as if the database were unreachable: outage
     /// drills and tests of the 503 path on stores that cannot be stopped from outside.
     simulated_outage: AtomicBool,
-    /// SQLite has one writer. Without this, this process's write transactions meet at
-    /// SQLite's lock: the loser's busy handler sleeps 1, 2, 5, 10… ms between tries, and a
-    /// deferred transaction whose read snapshot went stale before its first write fails
-    /// outright and backs off — those sleeps were the tail of request → offer at the
-    /// process limit (README, "At the process limit"). Here they queue in order instead, a
-    /// tokio mutex because the turn is held across the transaction's awaits. `None` on
-    /// PostgreSQL, which locks rows, not the database.
-    write_lane: Option<Arc<tokio::sync::Mutex<()>>>,
 }
-
-/// A write transaction and, on SQLite, its turn in the write lane: hold both until the
-/// transaction is committed or rolled back (`let (_turn, mut tx) = …`).
-type WriteTransaction = (
-    Option<tokio::sync::OwnedMutexGuard<()>>,
-    sqlx::Transaction<'static, sqlx::Any>,
-);
 
 /// Pool settings per store: SQLite's pragmas, PostgreSQL's session limits.
 fn pool_options(
@@ -304,32 +289,8 @@ impl Store {
                 acquire_timeout,
                 lost: AtomicBool::new(false),
                 simulated_outage: AtomicBool::new(false),
-                write_lane: (backend == "sqlite").then(Arc::default),
             }),
         })
-    }
-
-    /// Begins a transaction that will write. On SQLite it waits for its turn in the write
-    /// lane first (before taking a connection, so waiting holds none), then takes SQLite's
-    /// write lock at once (`BEGIN IMMEDIATE`): no read in it can go stale before it writes.
-    async fn begin_write(&self) -> Result<WriteTransaction, sqlx::Error> {
-        let pool = self.pool()?;
-        let turn = self.write_turn().await;
-        let tx = if turn.is_some() {
-            pool.begin_with("BEGIN IMMEDIATE").await?
-        } else {
-            pool.begin().await?
-        };
-        Ok((turn, tx))
-    }
-
-    /// The write lane's turn (SQLite; `None` on PostgreSQL), for a statement that writes
-    /// outside a transaction: hold it until the statement is done.
-    async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        match &self.shared.write_lane {
-            Some(lane) => Some(lane.clone().lock_owned().await),
-            None => None,
-        }
     }
 
     /// The pool, unless no writable database is known or an outage is being simulated.

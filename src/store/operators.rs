@@ -25,7 +25,6 @@ impl Store {
         let hash = token_hash(&token);
         let now = Timestamp::now().millis();
         let added = retrying(|| async {
-            let _turn = self.write_turn().await;
             sqlx::query(
                 "INSERT INTO operators (name, token_hash, created_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (name) DO UPDATE \
@@ -47,7 +46,7 @@ impl Store {
     pub async fn revoke_operator(&self, name: &str) -> Result<bool, StoreError> {
         let now = Timestamp::now().millis();
         Ok(retrying(|| async {
-            let (_turn, mut tx) = self.begin_write().await?;
+            let mut tx = self.pool()?.begin().await?;
             let revoked = sqlx::query(
                 "UPDATE operators SET token_hash = NULL, revoked_at = $1 \
                  WHERE name = $2 AND revoked_at IS NULL",
@@ -118,7 +117,7 @@ impl Store {
         let hash = token_hash(&ticket);
         let now = Timestamp::now().millis();
         retrying(|| async {
-            let (_turn, mut tx) = self.begin_write().await?;
+            let mut tx = self.pool()?.begin().await?;
             sqlx::query("DELETE FROM socket_tickets WHERE expires_at < $1")
                 .bind(now)
                 .execute(&mut *tx)
