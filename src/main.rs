@@ -22,6 +22,10 @@ enum Command {
     /// Peak ingest: many driver sockets pinging within their budget; prints the pings a
     /// second the server accepted (its own count) over a fixed window.
     Load(sim::load::LoadConfig),
+    /// The evening peak at the process limit: driver sockets pinging (as `load`) and
+    /// answering offers, passengers requesting at a fixed rate, optionally an operator
+    /// console open; prints request → offer latency and every error by kind.
+    Peak(sim::peak::PeakConfig),
     /// A server on the embedded store plus a simulated Seoul, in one process.
     Demo(DemoConfig),
     /// Operators are people: each has a token of their own, and the trip events they
@@ -88,6 +92,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Load(config) => {
             let json = config.json;
             let report = sim::load::run(config).await?;
+            print!("{}", report.table());
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            Ok(())
+        }
+        Command::Peak(config) => {
+            let json = config.json;
+            let report = sim::peak::run(config).await?;
             print!("{}", report.table());
             if json {
                 println!("{}", serde_json::to_string(&report)?);

@@ -7,7 +7,9 @@
 //! - [`driver`]: one driver — cruising, pinging, answering offers, driving rides;
 //! - [`passenger`]: one passenger — requesting, following, maybe cancelling;
 //! - [`report`]: counters, the live progress line and the summary;
-//! - [`load`]: `hail load`, peak ingest: many sockets pinging within their budget.
+//! - [`load`]: `hail load`, peak ingest: many sockets pinging within their budget;
+//! - [`peak`]: `hail peak`, the evening peak at the process limit: `hail load`'s sockets
+//!   answering offers, passengers requesting at a fixed rate, maybe a console watching.
 //!
 //! Every random choice is drawn from generators seeded by `--seed`.
 
@@ -15,6 +17,7 @@ mod city;
 mod driver;
 pub mod load;
 mod passenger;
+pub mod peak;
 pub mod report;
 
 use std::{

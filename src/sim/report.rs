@@ -25,7 +25,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(sorted: &[f64]) -> Percentiles {
+    pub(super) fn of(sorted: &[f64]) -> Percentiles {
         Percentiles {
             p50: percentile(sorted, 0.50),
             p90: percentile(sorted, 0.90),

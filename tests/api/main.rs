@@ -11,6 +11,7 @@ mod hostile;
 mod operators;
 mod ops;
 mod oversight;
+mod peak;
 mod sim;
 mod store;
 mod streams;

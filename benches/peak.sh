@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Latency at the process limit (issue 14): one node, 19,000 drivers pinging every second,
+# 60 trip requests a second, request → offer on the driver's socket — optionally with an
+# operator console's stream open. A documented long-running command, not part of
+# scripts/test.
+#
+#   benches/peak.sh                        # 19,000 drivers, 1 s pings, 60 requests/s, 60 s
+#   CONSOLE=1 benches/peak.sh              # the same with an operator console open
+#   DRIVERS=5000 SECONDS_MEASURED=20 benches/peak.sh
+#   PERF=1 benches/peak.sh                 # also `perf record -g` the server in the window
+#   HAIL=/tmp/hail-before benches/peak.sh  # another build of hail (serve and peak), no build
+#
+# A fresh `hail serve` (release, SQLite in a temporary directory, the per-address and
+# per-user limits lifted as for every benchmark here: the generator is one address and a
+# whole city) and `hail peak` against it, both on this machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DRIVERS=${DRIVERS:-19000}
+PING_INTERVAL_MS=${PING_INTERVAL_MS:-1000}
+REQUESTS_PER_S=${REQUESTS_PER_S:-60}
+SECONDS_MEASURED=${SECONDS_MEASURED:-60}
+HAIL=${HAIL:-}
+
+# shellcheck source=benches/common.sh
+. benches/common.sh
+
+work=$(mktemp -d /tmp/hail-peak.XXXXXX)
+hail_pid=""
+cleanup() {
+    set +e
+    if [ -n "$hail_pid" ]; then
+        kill "$hail_pid" 2>/dev/null
+        wait "$hail_pid" 2>/dev/null
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+if [ -z "$HAIL" ]; then
+    cargo build --locked --release 2>&1 | grep -v '^ *Compiling' >&2 || true
+    HAIL=target/release/hail
+fi
+echo "machine: $(nproc) cores; server and generator both on it"
+echo "load before: $(uptime)"
+
+port=$(free_port)
+token=peak-bench-operator-token
+HAIL_LISTEN=127.0.0.1:$port HAIL_DATABASE_URL="sqlite://$work/hail.db" HAIL_OPERATOR_TOKEN=$token \
+    HAIL_SIGNUP_LIMIT_PER_MIN=100000000 HAIL_TRIP_REQUEST_LIMIT_PER_MIN=100000000 \
+    HAIL_WRITE_LIMIT_PER_MIN=100000000 HAIL_LOG=warn \
+    "$HAIL" serve >"$work/serve.log" 2>&1 &
+hail_pid=$!
+for _ in $(seq 100); do
+    curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break
+    sleep 0.1
+done
+if [ -n "${PERF:-}" ]; then
+    # Starts 10 s into the measured window, for 15 s.
+    (
+        while ! grep -q "requests/s for" "$work/peak.err" 2>/dev/null; do sleep 0.5; done
+        sleep 15
+        perf record -e cpu-clock -g -p "$hail_pid" -o "${PERF_OUT:-target/peak.perf.data}" \
+            -- sleep 15 >/dev/null 2>&1
+    ) &
+fi
+console=()
+if [ -n "${CONSOLE:-}" ]; then console=(--console); fi
+"$HAIL" peak --server "http://127.0.0.1:$port" --operator-token "$token" \
+    --drivers "$DRIVERS" --ping-interval-ms "$PING_INTERVAL_MS" \
+    --requests-per-s "$REQUESTS_PER_S" --duration "${SECONDS_MEASURED}s" \
+    --server-pid "$hail_pid" "${console[@]}" --json \
+    2> >(tee "$work/peak.err" >&2) | tee "$work/peak.out"
+echo "load after: $(uptime)"
+echo "server peak RSS: $(awk '/VmHWM/ {print $2, $3}' "/proc/$hail_pid/status")"
+echo "server warnings: $(grep -c . "$work/serve.log")"
+sed "s/^[^ ]* *//" "$work/serve.log" | sort | uniq -c | sort -rn | head -5 || true

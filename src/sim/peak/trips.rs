@@ -1,0 +1,364 @@
+//! The rides of `hail peak`: passengers' requests sent on a fixed schedule, the offered
+//! drivers' answers and ride steps, when each request was sent and its first offer read,
+//! and every failure by kind.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+use serde::Serialize;
+use tokio::{
+    sync::{Semaphore, mpsc},
+    task::JoinSet,
+    time::Instant,
+};
+
+use super::super::load::fleet::OfferFrame;
+use crate::{
+    geometry::LatLng,
+    protocol::{
+        ServerMessage,
+        rest::{Credentials, PassengerSignup, TripRequest},
+    },
+    trip::Trip,
+};
+
+/// HTTP requests under way at once. Each holds a connection, so a file on both sides:
+/// at the open-file limit this is what is left beside the driver sockets.
+pub(super) const IN_FLIGHT: usize = 128;
+/// Sign-ups under way at once, before the run.
+const SIGNING_UP: usize = 32;
+/// A request sent later than this after it was due counts as late (the generator's lag).
+const LATE: Duration = Duration::from_millis(10);
+
+/// Each failure, counted by kind (`"POST /v1/trips: 503 not_ready"`, …).
+#[derive(Default)]
+pub(super) struct Errors(Mutex<BTreeMap<String, u64>>);
+
+impl Errors {
+    pub fn note(&self, kind: impl Into<String>) {
+        self.note_many(&kind.into(), 1);
+    }
+
+    pub fn note_many(&self, kind: &str, count: u64) {
+        if count > 0 {
+            *self.0.lock().unwrap().entry(kind.to_string()).or_default() += count;
+        }
+    }
+
+    pub fn take(&self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+/// How an offered driver behaves.
+pub(super) struct Steps {
+    pub think: Duration,
+    pub ride_step: Duration,
+}
+
+/// What the rides came to.
+pub(super) struct Outcome {
+    pub sent: u64,
+    pub requested: u64,
+    pub unoffered: u64,
+    pub accepted: u64,
+    pub completed: u64,
+    pub late: u64,
+    /// Request → first offer of every trip that had both, sorted.
+    pub latencies_ms: Vec<f64>,
+}
+
+/// When a trip's request was sent, when its first offer was read.
+type Timing = (Option<Instant>, Option<Instant>);
+
+#[derive(Default)]
+struct Count(AtomicU64);
+
+impl Count {
+    fn add(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+pub(super) struct Trips {
+    http: reqwest::Client,
+    base: String,
+    /// By the driver index an offer frame carries.
+    driver_tokens: Vec<String>,
+    steps: Steps,
+    errors: Arc<Errors>,
+    /// Per trip: when its request was sent (known once the server answers with its id)
+    /// and when its first offer was read (which may come before that answer).
+    timing: Mutex<HashMap<String, Timing>>,
+    in_flight: Semaphore,
+    /// Requests and rides under way; std's mutex: held only to spawn or take.
+    tasks: Mutex<JoinSet<()>>,
+    posting: AtomicU64,
+    sent: Count,
+    requested: Count,
+    late: Count,
+    accepted: Count,
+    completed: Count,
+}
+
+impl Trips {
+    pub fn new(
+        http: reqwest::Client,
+        base: String,
+        driver_tokens: Vec<String>,
+        steps: Steps,
+        errors: Arc<Errors>,
+    ) -> Trips {
+        Trips {
+            http,
+            base,
+            driver_tokens,
+            steps,
+            errors,
+            timing: Mutex::default(),
+            in_flight: Semaphore::new(IN_FLIGHT),
+            tasks: Mutex::default(),
+            posting: AtomicU64::new(0),
+            sent: Count::default(),
+            requested: Count::default(),
+            late: Count::default(),
+            accepted: Count::default(),
+            completed: Count::default(),
+        }
+    }
+
+    /// One passenger account per request, so none has an active trip when it asks.
+    pub async fn sign_up(&self, count: usize) -> anyhow::Result<Vec<String>> {
+        let limit = Arc::new(Semaphore::new(SIGNING_UP));
+        let mut signups = JoinSet::new();
+        for index in 0..count {
+            let (http, limit) = (self.http.clone(), limit.clone());
+            let url = format!("{}/v1/passengers", self.base);
+            signups.spawn(async move {
+                let _permit = limit.acquire().await;
+                let signup = PassengerSignup {
+                    name: format!("Peak passenger {index}"),
+                };
+                let response = http.post(&url).json(&signup).send().await?;
+                anyhow::ensure!(
+                    response.status().is_success(),
+                    "signing up a passenger was answered {} (at this rate the server needs \
+                     HAIL_SIGNUP_LIMIT_PER_MIN lifted, as the README's benchmarks do)",
+                    response.status()
+                );
+                Ok(response.json::<Credentials>().await?.token)
+            });
+        }
+        let mut tokens = Vec::with_capacity(count);
+        while let Some(token) = signups.join_next().await {
+            tokens.push(token??);
+        }
+        Ok(tokens)
+    }
+
+    /// Sends one request per passenger, `rate` a second evenly spaced, pickups spread
+    /// over the drivers' part of Seoul; returns when the last one is due plus one gap.
+    pub async fn request_all(self: &Arc<Self>, passengers: Vec<String>, rate: f64, seed: u64) {
+        let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(7_919));
+        let gap = Duration::from_secs_f64(1.0 / rate);
+        let start = Instant::now();
+        let mut due = start;
+        for token in passengers {
+            tokio::time::sleep_until(due).await;
+            let pickup = LatLng::new(
+                rng.random_range(37.45..37.70),
+                rng.random_range(126.80..127.18),
+            )
+            .expect("inside Seoul");
+            let dropoff = pickup.destination(
+                rng.random_range(0.0..360.0),
+                rng.random_range(1_000.0..6_000.0),
+            );
+            let trips = self.clone();
+            self.posting.fetch_add(1, Ordering::Relaxed);
+            self.tasks.lock().unwrap().spawn(async move {
+                trips.request(&token, pickup, dropoff, due).await;
+                trips.posting.fetch_sub(1, Ordering::Relaxed);
+            });
+            due += gap;
+        }
+        tokio::time::sleep_until(due).await;
+    }
+
+    async fn request(&self, token: &str, pickup: LatLng, dropoff: LatLng, due: Instant) {
+        let Ok(_permit) = self.in_flight.acquire().await else {
+            return;
+        };
+        let sent = Instant::now();
+        self.sent.add();
+        if sent.saturating_duration_since(due) > LATE {
+            self.late.add();
+        }
+        let body = TripRequest { pickup, dropoff };
+        let Some(answer) = self.post("POST /v1/trips", "/v1/trips", token, &body).await else {
+            return;
+        };
+        match serde_json::from_slice::<Trip>(&answer) {
+            Ok(trip) => {
+                self.requested.add();
+                self.timing.lock().unwrap().entry(trip.id).or_default().0 = Some(sent);
+            }
+            Err(_) => self.errors.note("POST /v1/trips: unreadable answer"),
+        }
+    }
+
+    /// Notes each offer's arrival and sets its driver on the ride, until the fleet stops.
+    pub async fn answer_offers(self: Arc<Self>, mut offers: mpsc::Receiver<OfferFrame>) {
+        while let Some(frame) = offers.recv().await {
+            let Ok(ServerMessage::Offer(offer)) = serde_json::from_slice(&frame.json) else {
+                self.errors.note("driver socket: unreadable offer");
+                continue;
+            };
+            {
+                let mut timing = self.timing.lock().unwrap();
+                let entry = timing.entry(offer.trip_id.clone()).or_default();
+                entry.1.get_or_insert(frame.at);
+            }
+            let trips = self.clone();
+            self.tasks.lock().unwrap().spawn(async move {
+                trips
+                    .ride(frame.driver, &offer.offer_id, &offer.trip_id)
+                    .await;
+            });
+        }
+    }
+
+    /// Accept after the think time, then arrive, start and complete a step apart.
+    async fn ride(&self, driver: usize, offer_id: &str, trip_id: &str) {
+        let token = &self.driver_tokens[driver];
+        tokio::time::sleep(self.steps.think).await;
+        let accept = format!("/v1/offers/{offer_id}/accept");
+        if self
+            .post_permitted("POST /v1/offers/{id}/accept", &accept, token)
+            .await
+            .is_none()
+        {
+            return;
+        }
+        self.accepted.add();
+        for step in ["arrive", "start", "complete"] {
+            tokio::time::sleep(self.steps.ride_step).await;
+            let what = format!("POST /v1/trips/{{id}}/{step}");
+            let path = format!("/v1/trips/{trip_id}/{step}");
+            if self.post_permitted(&what, &path, token).await.is_none() {
+                return;
+            }
+        }
+        self.completed.add();
+    }
+
+    async fn post_permitted(&self, what: &str, path: &str, token: &str) -> Option<Vec<u8>> {
+        let _permit = self.in_flight.acquire().await.ok()?;
+        self.post(what, path, token, &serde_json::json!({})).await
+    }
+
+    /// The answer's body if it was a success; otherwise the failure is counted.
+    async fn post(
+        &self,
+        what: &str,
+        path: &str,
+        token: &str,
+        body: &impl Serialize,
+    ) -> Option<Vec<u8>> {
+        let answer = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await;
+        let response = match answer {
+            Ok(response) => response,
+            Err(error) => {
+                let kind = if error.is_timeout() {
+                    "timed out"
+                } else if error.is_connect() {
+                    "connect failed"
+                } else {
+                    "transport error"
+                };
+                self.errors.note(format!("{what}: {kind}"));
+                return None;
+            }
+        };
+        let status = response.status();
+        let Ok(bytes) = response.bytes().await else {
+            self.errors.note(format!("{what}: answer cut off"));
+            return None;
+        };
+        if status.is_success() {
+            return Some(bytes.to_vec());
+        }
+        let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|body| body["error"]["code"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        self.errors
+            .note(format!("{what}: {} {code}", status.as_u16()).trim_end());
+        None
+    }
+
+    /// Waits until every request is answered and every requested trip has its offer, or
+    /// `deadline`.
+    pub async fn wait_for_offers(&self, deadline: Instant) {
+        while Instant::now() < deadline {
+            let waiting = self.posting.load(Ordering::Relaxed) > 0
+                || self
+                    .timing
+                    .lock()
+                    .unwrap()
+                    .values()
+                    .any(|(sent, offered)| sent.is_some() && offered.is_none());
+            if !waiting {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Ends the requests and rides still under way.
+    pub async fn stop_rides(&self) {
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap());
+        tasks.shutdown().await;
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        let timing = self.timing.lock().unwrap();
+        let mut latencies_ms: Vec<f64> = timing
+            .values()
+            .filter_map(|(sent, offered)| {
+                Some(offered.as_ref()?.saturating_duration_since(*sent.as_ref()?))
+            })
+            .map(|latency| latency.as_secs_f64() * 1_000.0)
+            .collect();
+        latencies_ms.sort_by(f64::total_cmp);
+        let unoffered = timing
+            .values()
+            .filter(|(sent, offered)| sent.is_some() && offered.is_none())
+            .count() as u64;
+        Outcome {
+            sent: self.sent.get(),
+            requested: self.requested.get(),
+            unoffered,
+            accepted: self.accepted.get(),
+            completed: self.completed.get(),
+            late: self.late.get(),
+            latencies_ms,
+        }
+    }
+}
