@@ -180,21 +180,28 @@ impl Journal {
 impl SimConfig {
     /// A config with the documented defaults for `server`.
     pub fn new(server: impl Into<String>, operator_token: impl Into<String>) -> SimConfig {
-        #[derive(clap::Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            config: SimConfig,
+        SimConfig {
+            server: server.into(),
+            operator_token: operator_token.into(),
+            ..documented_defaults()
         }
-        let command =
-            <Wrapper as clap::CommandFactory>::command().mut_args(|arg| arg.env(None::<&str>));
-        let matches = command.get_matches_from(["sim", "--operator-token", "placeholder"]);
-        let mut config = <Wrapper as clap::FromArgMatches>::from_arg_matches(&matches)
-            .expect("the defaults parse")
-            .config;
-        config.server = server.into();
-        config.operator_token = operator_token.into();
-        config
     }
+}
+
+/// A command's arguments as clap parses a command line that gives only the operator
+/// token (the environment ignored): the defaults the help documents.
+fn documented_defaults<C: clap::Args>() -> C {
+    #[derive(clap::Parser)]
+    struct Wrapper<C: clap::Args> {
+        #[command(flatten)]
+        config: C,
+    }
+    let command =
+        <Wrapper<C> as clap::CommandFactory>::command().mut_args(|arg| arg.env(None::<&str>));
+    let matches = command.get_matches_from(["hail", "--operator-token", "placeholder"]);
+    <Wrapper<C> as clap::FromArgMatches>::from_arg_matches(&matches)
+        .expect("the defaults parse")
+        .config
 }
 
 /// Runs the city until `--duration` plus the drain, or until `stop` fires.

@@ -25,6 +25,7 @@ use serde::Serialize;
 use tokio::{sync::mpsc, time::Instant};
 
 use super::{
+    documented_defaults,
     load::{
         Target, accepted_pings,
         fleet::{Fleet, Pinging, get},
@@ -90,20 +91,11 @@ pub struct PeakConfig {
 impl PeakConfig {
     /// A config with the documented defaults for `server`.
     pub fn new(server: impl Into<String>, operator_token: impl Into<String>) -> PeakConfig {
-        #[derive(clap::Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            config: PeakConfig,
+        PeakConfig {
+            server: server.into(),
+            operator_token: operator_token.into(),
+            ..documented_defaults()
         }
-        let command =
-            <Wrapper as clap::CommandFactory>::command().mut_args(|arg| arg.env(None::<&str>));
-        let matches = command.get_matches_from(["peak", "--operator-token", "placeholder"]);
-        let mut config = <Wrapper as clap::FromArgMatches>::from_arg_matches(&matches)
-            .expect("the defaults parse")
-            .config;
-        config.server = server.into();
-        config.operator_token = operator_token.into();
-        config
     }
 }
 
