@@ -5,6 +5,9 @@
 #
 #   benches/ingest.sh                      # 19,000 drivers, 9.5 pings/s each, 1 per write
 #   BURST=10 benches/ingest.sh             # each socket writes its 10 pings at once
+#   MESSAGES_PER_S=100 DRIVERS=10000 RATE=30 BURST=10 benches/ingest.sh
+#                                          # the per-socket frame budget lifted (server's
+#                                          # HAIL_SOCKET_MESSAGES_PER_S): the node, not the policy
 #   DRIVERS=5000 SECONDS_MEASURED=10 benches/ingest.sh
 #   PERF=1 benches/ingest.sh               # also `perf record -g` the server in the window
 #   HAIL=/tmp/hail-before benches/ingest.sh   # another build of hail (serve and load), no build
@@ -19,6 +22,7 @@ cd "$(dirname "$0")/.."
 
 DRIVERS=${DRIVERS:-19000}
 RATE=${RATE:-9.5}
+MESSAGES_PER_S=${MESSAGES_PER_S:-10}
 BURST=${BURST:-1}
 SECONDS_MEASURED=${SECONDS_MEASURED:-30}
 GEOADDS=${GEOADDS:-2000000}
@@ -61,7 +65,7 @@ port=$(free_port)
 token=ingest-bench-operator-token
 HAIL_LISTEN=127.0.0.1:$port HAIL_DATABASE_URL="sqlite://$work/hail.db" HAIL_OPERATOR_TOKEN=$token \
     HAIL_SIGNUP_LIMIT_PER_MIN=100000000 HAIL_WRITE_LIMIT_PER_MIN=100000000 HAIL_LOG=warn \
-    "$HAIL" serve >"$work/serve.log" 2>&1 &
+    HAIL_SOCKET_MESSAGES_PER_S=$MESSAGES_PER_S "$HAIL" serve >"$work/serve.log" 2>&1 &
 hail_pid=$!
 for _ in $(seq 100); do
     curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break

@@ -108,6 +108,14 @@ pub struct LimitsConfig {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub write_limit_per_min: u32,
 
+    /// Frames one socket may send a second, sustained, and twice that in a burst: more
+    /// are dropped (`rate_limited` on a driver socket), and a socket that keeps on is
+    /// closed (1008). A ping every 4 s needs a quarter of one; lift it only to measure a
+    /// node's ingest (`benches/ingest.sh`).
+    #[arg(long, env = "HAIL_SOCKET_MESSAGES_PER_S", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub socket_messages_per_s: u32,
+
     /// Behind a reverse proxy: take the client's address from the last entry of
     /// `X-Forwarded-For` (the one the proxy added). Off by default: a client could write
     /// any address there.

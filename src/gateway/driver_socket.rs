@@ -14,10 +14,7 @@ use tokio::{sync::mpsc, time::Instant};
 
 use super::{
     AppState,
-    socket::{
-        self, Admission, FrameBudget, IDLE_TIMEOUT, KEEPALIVE, MESSAGES_PER_SECOND, SocketKind,
-        Upgrade,
-    },
+    socket::{self, Admission, IDLE_TIMEOUT, KEEPALIVE, SocketKind, Upgrade},
 };
 use crate::{
     auth::Principal,
@@ -115,7 +112,7 @@ async fn run(state: AppState, driver_id: String, trip_id: Option<String>, socket
         }
     });
 
-    let mut budget = FrameBudget::new(Instant::now());
+    let mut budget = state.budgets.frames(Instant::now());
     loop {
         let frame = match tokio::time::timeout(IDLE_TIMEOUT, stream.next()).await {
             Ok(Some(Ok(frame))) => frame,
@@ -139,7 +136,8 @@ async fn run(state: AppState, driver_id: String, trip_id: Option<String>, socket
                 Message::Text(_) => Err(ApiError::new(
                     ErrorCode::RateLimited,
                     format!(
-                        "at most {MESSAGES_PER_SECOND} messages a second; this one was dropped"
+                        "at most {} messages a second; this one was dropped",
+                        state.budgets.messages_per_s()
                     ),
                 )),
                 _ => Ok(()),

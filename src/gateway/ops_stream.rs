@@ -19,7 +19,7 @@ use tokio::{sync::broadcast, time::Instant};
 
 use super::{
     AppState,
-    socket::{self, Admission, FrameBudget, SocketKind, Upgrade},
+    socket::{self, Admission, SocketKind, Upgrade},
 };
 use crate::{
     auth::Principal,
@@ -109,7 +109,7 @@ async fn run(state: &AppState, principal: &Principal, mut socket: WebSocket) {
     // Missed ticks (a slow browser) are skipped, not bunched up.
     drivers_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     figures_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut budget = FrameBudget::new(Instant::now());
+    let mut budget = state.budgets.frames(Instant::now());
     loop {
         let sent = tokio::select! {
             _ = drivers_tick.tick() => {

@@ -32,10 +32,6 @@ pub const OPERATOR_MAX_WRITE_BUFFER_BYTES: usize = 128 * 1024 * 1024;
 pub const KEEPALIVE: Duration = Duration::from_secs(20);
 /// A peer silent this long (not even a pong) is gone.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Sustained messages a second one driver may send (a ping every 4 s needs a quarter of
-/// one), and the burst allowed above that.
-pub const MESSAGES_PER_SECOND: f64 = 10.0;
-pub const MESSAGE_BURST: f64 = 20.0;
 
 /// A WebSocket handshake, with every way it can be wrong answered in our error format
 /// (axum's own rejections are plain text): 426 and `Sec-WebSocket-Version: 13` for a
@@ -156,6 +152,7 @@ pub struct Budgets {
     /// Trip streams open per account. A std `Mutex`: one map operation per open/close.
     streams_per_account: Mutex<HashMap<String, u64>>,
     max_streams_per_account: u64,
+    messages_per_s: f64,
 }
 
 /// A socket's place in its budget, given back when the socket closes.
@@ -186,7 +183,18 @@ impl Budgets {
             operators: Arc::new(Semaphore::new(limits.max_operator_streams)),
             streams_per_account: Mutex::default(),
             max_streams_per_account: limits.max_streams_per_account,
+            messages_per_s: f64::from(limits.socket_messages_per_s),
         }
+    }
+
+    /// The frame budget of a socket opening now (`HAIL_SOCKET_MESSAGES_PER_S`).
+    pub fn frames(&self, now: Instant) -> FrameBudget {
+        FrameBudget::new(now, self.messages_per_s)
+    }
+
+    /// Frames one socket may send a second, sustained.
+    pub fn messages_per_s(&self) -> f64 {
+        self.messages_per_s
     }
 
     /// A place for a socket of `kind` opened by `account`: 503 if the kind's budget is
@@ -262,9 +270,10 @@ pub struct FrameBudget {
 }
 
 impl FrameBudget {
-    pub fn new(now: Instant) -> FrameBudget {
+    /// `rate` frames a second, sustained; bursts of twice that.
+    pub fn new(now: Instant, rate: f64) -> FrameBudget {
         FrameBudget {
-            budget: MessageBudget::new(now),
+            budget: MessageBudget::new(now, rate),
             violations: 0,
         }
     }
@@ -310,20 +319,25 @@ pub fn close_policy() -> Message {
 pub struct MessageBudget {
     tokens: f64,
     refilled: Instant,
+    /// Tokens earned a second, and the most held (a burst).
+    rate: f64,
+    burst: f64,
 }
 
 impl MessageBudget {
-    pub fn new(now: Instant) -> MessageBudget {
+    /// `rate` messages a second, sustained; bursts of twice that.
+    pub fn new(now: Instant, rate: f64) -> MessageBudget {
         MessageBudget {
-            tokens: MESSAGE_BURST,
+            tokens: 2.0 * rate,
             refilled: now,
+            rate,
+            burst: 2.0 * rate,
         }
     }
 
     pub fn take(&mut self, now: Instant) -> bool {
-        let earned =
-            now.saturating_duration_since(self.refilled).as_secs_f64() * MESSAGES_PER_SECOND;
-        self.tokens = (self.tokens + earned).min(MESSAGE_BURST);
+        let earned = now.saturating_duration_since(self.refilled).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.burst);
         self.refilled = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -360,10 +374,14 @@ mod tests {
         }
     }
 
+    /// The default `HAIL_SOCKET_MESSAGES_PER_S`, and its burst.
+    const MESSAGES_PER_SECOND: f64 = 10.0;
+    const MESSAGE_BURST: f64 = 20.0;
+
     #[test]
     fn a_flood_is_dropped_then_closed() {
         let start = Instant::now();
-        let mut budget = FrameBudget::new(start);
+        let mut budget = FrameBudget::new(start, MESSAGES_PER_SECOND);
         let admitted: Vec<Admission> = (0..200).map(|_| budget.admit(start)).collect();
         assert_eq!(
             admitted
@@ -381,14 +399,18 @@ mod tests {
 
     #[test]
     fn the_message_budget_allows_a_burst_then_the_sustained_rate() {
-        let start = Instant::now();
-        let mut budget = MessageBudget::new(start);
-        let burst = (0..100).filter(|_| budget.take(start)).count();
-        assert_eq!(burst, MESSAGE_BURST as usize);
-        assert!(!budget.take(start + Duration::from_millis(50)));
-        assert!(budget.take(start + Duration::from_millis(100)));
-        let a_second_later = start + Duration::from_millis(1_100);
-        let sustained = (0..100).filter(|_| budget.take(a_second_later)).count();
-        assert_eq!(sustained, MESSAGES_PER_SECOND as usize);
+        // The default, and a budget lifted for an ingest benchmark.
+        for rate in [MESSAGES_PER_SECOND, 100.0] {
+            let start = Instant::now();
+            let mut budget = MessageBudget::new(start, rate);
+            let burst = (0..1_000).filter(|_| budget.take(start)).count();
+            assert_eq!(burst, 2 * rate as usize, "{rate}/s");
+            let one_token = Duration::from_secs_f64(1.0 / rate);
+            assert!(!budget.take(start + one_token / 2), "{rate}/s");
+            assert!(budget.take(start + one_token), "{rate}/s");
+            let a_second_later = start + one_token + Duration::from_secs(1);
+            let sustained = (0..1_000).filter(|_| budget.take(a_second_later)).count();
+            assert_eq!(sustained, rate as usize, "{rate}/s");
+        }
     }
 }

@@ -16,7 +16,7 @@ use tokio::{sync::broadcast, time::Instant};
 
 use super::{
     AppState, after_param,
-    socket::{self, Admission, FrameBudget, IDLE_TIMEOUT, KEEPALIVE, SocketKind, Upgrade},
+    socket::{self, Admission, IDLE_TIMEOUT, KEEPALIVE, SocketKind, Upgrade},
 };
 use crate::{
     auth::Principal,
@@ -95,7 +95,7 @@ async fn run(
     let clustered = state.rides.bus.is_clustered();
     let mut idle_check = tokio::time::interval_at(Instant::now() + IDLE_CHECK, IDLE_CHECK);
     let mut last_heard = Instant::now();
-    let mut budget = FrameBudget::new(Instant::now());
+    let mut budget = state.budgets.frames(Instant::now());
     loop {
         tokio::select! {
             message = live.recv() => {
