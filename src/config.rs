@@ -380,4 +380,30 @@ mod tests {
         config.cluster.lease_renew_ms = 2_000;
         assert!(config.validate().is_err());
     }
+
+    #[test]
+    fn the_socket_frame_budget_is_ten_a_second_unless_lifted_and_never_zero() {
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            limits: LimitsConfig,
+        }
+        let parse = |args: &[&str]| {
+            let command =
+                <Serve as clap::CommandFactory>::command().mut_args(|arg| arg.env(None::<&str>));
+            command
+                .try_get_matches_from(std::iter::once("serve").chain(args.iter().copied()))
+                .and_then(|matches| <Serve as clap::FromArgMatches>::from_arg_matches(&matches))
+                .map(|serve| serve.limits.socket_messages_per_s)
+        };
+        assert_eq!(parse(&[]).unwrap(), 10);
+        assert_eq!(parse(&["--socket-messages-per-s", "100"]).unwrap(), 100);
+        for bad in ["0", "-1", "ten", "1.5", ""] {
+            let refused = parse(&[&format!("--socket-messages-per-s={bad}")]).unwrap_err();
+            assert!(
+                refused.to_string().contains("socket-messages-per-s"),
+                "{bad}: {refused}"
+            );
+        }
+    }
 }

@@ -195,6 +195,50 @@ async fn floods_and_oversize_frames_get_close_frames(backend: Backend) {
     ));
 }
 
+/// `HAIL_SOCKET_MESSAGES_PER_S` lifts the frame budget (for an ingest benchmark): 300
+/// pings at once — a flood that the default budget of 10 a second (bursts of 20) answers
+/// with `rate_limited` and then a 1008 — all go through, and the socket stays open.
+async fn a_lifted_frame_budget_takes_a_burst_the_default_refuses(backend: Backend) {
+    let server = TestServer::start_with(backend, |config| {
+        config.limits.socket_messages_per_s = 200;
+    })
+    .await;
+    let (driver, mut ws) = server.online_driver(near_gangnam(100.0)).await;
+    for i in 0..300 {
+        let at = near_gangnam(100.0 + f64::from(i));
+        ws.send_text(&format!(
+            r#"{{"type":"location","lat":{},"lng":{}}}"#,
+            at.lat(),
+            at.lng()
+        ))
+        .await;
+    }
+    ws.sync().await;
+    while let Some(message) = ws.try_next(Duration::from_millis(50)).await {
+        assert!(
+            !matches!(
+                message,
+                ServerMessage::Error {
+                    code: ErrorCode::RateLimited,
+                    ..
+                }
+            ),
+            "{message:?}"
+        );
+    }
+    // The last ping is where the fleet has the driver.
+    let card: hail::protocol::operators::DriverCard = server
+        .get(&format!("/v1/ops/drivers/{}", driver.id), OPERATOR_TOKEN)
+        .await
+        .ok();
+    let last = near_gangnam(399.0);
+    let position = card
+        .online
+        .and_then(|view| view.position)
+        .expect("a position");
+    assert!(position.distance_m(&last) < 0.01, "{position:?}");
+}
+
 /// `/metrics` can live on an address of its own, and then only there.
 async fn metrics_can_have_a_listener_of_their_own(backend: Backend) {
     let port = free_port();
@@ -284,5 +328,6 @@ crate::on_both_stores!(
     slow_and_idle_connections_are_cut_off,
     sockets_are_budgeted_per_account_and_per_role,
     floods_and_oversize_frames_get_close_frames,
+    a_lifted_frame_budget_takes_a_burst_the_default_refuses,
     metrics_can_have_a_listener_of_their_own,
 );
