@@ -58,7 +58,11 @@ done
 if [ -n "${PERF:-}" ]; then
     # Starts 10 s into the measured window, for 15 s.
     (
-        while ! grep -q "requests/s for" "$work/peak.err" 2>/dev/null; do sleep 0.5; done
+        for _ in $(seq 1200); do
+            grep -q "requests/s for" "$work/peak.err" 2>/dev/null && break
+            kill -0 "$hail_pid" 2>/dev/null || exit 0
+            sleep 0.5
+        done
         sleep 15
         perf record -e cpu-clock -g -p "$hail_pid" -o "${PERF_OUT:-target/peak.perf.data}" \
             -- sleep 15 >/dev/null 2>&1

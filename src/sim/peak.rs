@@ -37,6 +37,9 @@ use super::{
 use console::{Console, ConsoleReport};
 use trips::{Errors, Trips};
 
+/// Trips one run may request (a passenger account is signed up for each first).
+const MAX_REQUESTS: usize = 1_000_000;
+
 /// Offer frames waiting to be handled.
 const OFFER_QUEUE: usize = 4_096;
 
@@ -114,8 +117,9 @@ pub struct PeakReport {
     pub connected: u64,
     pub ping_interval_ms: u64,
     pub window_s: f64,
-    /// The server's `hail_location_pings_total` growth over the window, per second.
-    pub accepted_pings_per_s: f64,
+    /// The server's `hail_location_pings_total` growth over the window, per second (`None`
+    /// if the server could not be read at its end: see `errors`).
+    pub accepted_pings_per_s: Option<f64>,
     pub requests_sent: u64,
     /// Requests the server answered 201.
     pub trips_requested: u64,
@@ -147,11 +151,21 @@ pub async fn run(config: PeakConfig) -> anyhow::Result<PeakReport> {
         !config.duration.is_zero(),
         "--duration must be longer than 0"
     );
+    let requests = (config.requests_per_s * config.duration.as_secs_f64()).ceil() as usize;
+    anyhow::ensure!(
+        requests <= MAX_REQUESTS,
+        "--requests-per-s × --duration asks for {requests} trips; at most {MAX_REQUESTS} a run \
+         (one passenger account each)"
+    );
     let target = Target::resolve(&config.server).await?;
     let metrics_url = config
         .metrics_url
         .clone()
         .unwrap_or_else(|| format!("{}/metrics", target.base));
+    // Before anything is onboarded: a wrong address fails now, not after the warm-up.
+    accepted_pings(&metrics_url)
+        .await
+        .map_err(|error| anyhow::anyhow!("{metrics_url}: {error}"))?;
     raise_open_file_limit(config.drivers + trips::IN_FLIGHT)?;
     if let Some(pid) = config.server_pid {
         cpu_seconds(pid).map_err(|error| anyhow::anyhow!("--server-pid {pid}: {error}"))?;
@@ -164,7 +178,6 @@ pub async fn run(config: PeakConfig) -> anyhow::Result<PeakReport> {
     let driver_tokens = onboard_all(&http, &target.base, &config.operator_token, config.drivers)
         .await
         .map_err(|error| anyhow::anyhow!("onboarding drivers: {error}"))?;
-    let requests = (config.requests_per_s * config.duration.as_secs_f64()).ceil() as usize;
     eprintln!("signing up {requests} passengers…");
     let errors = Arc::new(Errors::default());
     let trips = Arc::new(Trips::new(
@@ -221,8 +234,15 @@ pub async fn run(config: PeakConfig) -> anyhow::Result<PeakReport> {
     trips
         .request_all(passengers, config.requests_per_s, config.seed)
         .await;
-    let (t1, pings1) = (Instant::now(), accepted_pings(&metrics_url).await?);
-    let server_cpu1 = config.server_pid.map(cpu_seconds).transpose()?;
+    // The server may have died in the window: what was counted is still reported.
+    let (t1, pings1) = (Instant::now(), accepted_pings(&metrics_url).await);
+    if pings1.is_err() {
+        errors.note("metrics: unreadable at the end of the window");
+    }
+    let server_cpu1 = config.server_pid.and_then(|pid| cpu_seconds(pid).ok());
+    if config.server_pid.is_some() && server_cpu1.is_none() {
+        errors.note("server: its CPU time unreadable at the end of the window (gone?)");
+    }
     let own_cpu1 = cpu_seconds(std::process::id()).ok();
     let window = (t1 - t0).as_secs_f64();
 
@@ -234,6 +254,7 @@ pub async fn run(config: PeakConfig) -> anyhow::Result<PeakReport> {
     fleet.stop().await;
     answering.abort();
     let _ = answering.await;
+    errors.note_many("POST /v1/trips: no answer by the end", trips.unanswered());
     trips.stop_rides().await;
 
     let connect_failures = get(&counters.connect_failures);
@@ -257,7 +278,7 @@ pub async fn run(config: PeakConfig) -> anyhow::Result<PeakReport> {
         connected: get(&counters.connected),
         ping_interval_ms: config.ping_interval_ms,
         window_s: window,
-        accepted_pings_per_s: (pings1 - pings0) / window,
+        accepted_pings_per_s: pings1.ok().map(|pings1| (pings1 - pings0) / window),
         requests_sent: outcome.sent,
         trips_requested: outcome.requested,
         trips_offered: outcome.latencies_ms.len() as u64,
@@ -305,7 +326,7 @@ impl PeakReport {
         let mut text = format!(
             "drivers connected        {} of {}, pinging every {} ms\n\
              window                   {:.1} s\n\
-             accepted (server count)  {:.0} pings/s\n\
+             accepted (server count)  {} pings/s\n\
              requests                 {} sent, {} answered 201, {} late (> 10 ms)\n\
              offered                  {} trips ({} offers read, {} accepted, {} rides completed)\n\
              request → offer          p50 {} · p90 {} · p99 {} · max {}\n\
@@ -315,7 +336,8 @@ impl PeakReport {
             self.drivers,
             self.ping_interval_ms,
             self.window_s,
-            self.accepted_pings_per_s,
+            self.accepted_pings_per_s
+                .map_or("-".to_string(), |pings| format!("{pings:.0}")),
             self.requests_sent,
             self.trips_requested,
             self.requests_late,

@@ -186,7 +186,7 @@ impl Trips {
             );
             let trips = self.clone();
             self.posting.fetch_add(1, Ordering::Relaxed);
-            self.tasks.lock().unwrap().spawn(async move {
+            self.spawn(async move {
                 trips.request(&token, pickup, dropoff, due).await;
                 trips.posting.fetch_sub(1, Ordering::Relaxed);
             });
@@ -230,7 +230,7 @@ impl Trips {
                 entry.1.get_or_insert(frame.at);
             }
             let trips = self.clone();
-            self.tasks.lock().unwrap().spawn(async move {
+            self.spawn(async move {
                 trips
                     .ride(frame.driver, &offer.offer_id, &offer.trip_id)
                     .await;
@@ -315,6 +315,19 @@ impl Trips {
 
     /// Waits until every request is answered and every requested trip has its offer, or
     /// `deadline`.
+    /// Runs a request or a ride; the finished ones are let go first, so a long run does
+    /// not keep one entry per trip.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.tasks.lock().unwrap();
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+
+    /// Trip requests still waiting for the server's answer (or for a connection).
+    pub fn unanswered(&self) -> u64 {
+        self.posting.load(Ordering::Relaxed)
+    }
+
     pub async fn wait_for_offers(&self, deadline: Instant) {
         while Instant::now() < deadline {
             let waiting = self.posting.load(Ordering::Relaxed) > 0
