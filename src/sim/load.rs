@@ -15,6 +15,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
+use rand::{RngExt, rngs::StdRng};
 use serde::Serialize;
 use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
 
@@ -22,7 +23,10 @@ pub(super) mod fleet;
 mod wire;
 
 use super::{driver::plate, parse_duration};
-use crate::protocol::rest::{Credentials, DriverSignup, Vehicle};
+use crate::{
+    geometry::LatLng,
+    protocol::rest::{Credentials, DriverSignup, Vehicle},
+};
 use fleet::{Fleet, Pinging, get};
 
 #[derive(Args, Debug, Clone)]
@@ -261,6 +265,16 @@ pub(super) async fn onboard_all(
 }
 
 /// The server's count of accepted location pings.
+/// A point of the part of Seoul the generated drivers start in (and `hail peak`'s
+/// passengers are picked up in).
+pub(super) fn random_point_in_seoul(rng: &mut StdRng) -> LatLng {
+    LatLng::new(
+        rng.random_range(37.45..37.70),
+        rng.random_range(126.80..127.18),
+    )
+    .expect("inside Seoul")
+}
+
 pub(super) async fn accepted_pings(url: &str) -> anyhow::Result<f64> {
     // A fresh connection: a pooled one may have been closed by the server meanwhile.
     let http = reqwest::Client::builder()

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::{
     coding::{Data, OpCode},
 };
 
-use crate::{geometry::LatLng, protocol::DriverMessage};
+use crate::protocol::DriverMessage;
 
 /// Distinct positions in each driver's path (out and back, so the path has no jump).
 const PATH_STEPS: usize = 20;
@@ -108,11 +108,7 @@ fn masked_text(payload: Vec<u8>, mask: [u8; 4]) -> Vec<u8> {
 /// One driver's writes: its path out and back in steps of [`STEP_M`], as location
 /// frames, `burst` to a write.
 pub(super) fn driver_frames(rng: &mut StdRng, burst: usize, index: u32) -> Vec<Vec<u8>> {
-    let start = LatLng::new(
-        rng.random_range(37.45..37.70),
-        rng.random_range(126.80..127.18),
-    )
-    .expect("inside Seoul");
+    let start = super::random_point_in_seoul(rng);
     let heading = rng.random_range(0.0..360.0);
     let mask = index.wrapping_mul(2_654_435_761).to_be_bytes();
     let steps = PATH_STEPS.div_ceil(burst) * burst;

@@ -19,7 +19,10 @@ use tokio::{
     time::Instant,
 };
 
-use super::super::load::fleet::OfferFrame;
+use super::super::load::{
+    fleet::{OfferFrame, add, get},
+    random_point_in_seoul,
+};
 use crate::{
     geometry::LatLng,
     protocol::{
@@ -78,18 +81,6 @@ pub(super) struct Outcome {
 /// When a trip's request was sent, when its first offer was read.
 type Timing = (Option<Instant>, Option<Instant>);
 
-#[derive(Default)]
-struct Count(AtomicU64);
-
-impl Count {
-    fn add(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
 pub(super) struct Trips {
     http: reqwest::Client,
     base: String,
@@ -104,11 +95,11 @@ pub(super) struct Trips {
     /// Requests and rides under way; std's mutex: held only to spawn or take.
     tasks: Mutex<JoinSet<()>>,
     posting: AtomicU64,
-    sent: Count,
-    requested: Count,
-    late: Count,
-    accepted: Count,
-    completed: Count,
+    sent: AtomicU64,
+    requested: AtomicU64,
+    late: AtomicU64,
+    accepted: AtomicU64,
+    completed: AtomicU64,
 }
 
 impl Trips {
@@ -129,11 +120,11 @@ impl Trips {
             in_flight: Semaphore::new(IN_FLIGHT),
             tasks: Mutex::default(),
             posting: AtomicU64::new(0),
-            sent: Count::default(),
-            requested: Count::default(),
-            late: Count::default(),
-            accepted: Count::default(),
-            completed: Count::default(),
+            sent: AtomicU64::new(0),
+            requested: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
         }
     }
 
@@ -175,11 +166,7 @@ impl Trips {
         let mut due = start;
         for token in passengers {
             tokio::time::sleep_until(due).await;
-            let pickup = LatLng::new(
-                rng.random_range(37.45..37.70),
-                rng.random_range(126.80..127.18),
-            )
-            .expect("inside Seoul");
+            let pickup = random_point_in_seoul(&mut rng);
             let dropoff = pickup.destination(
                 rng.random_range(0.0..360.0),
                 rng.random_range(1_000.0..6_000.0),
@@ -200,9 +187,9 @@ impl Trips {
             return;
         };
         let sent = Instant::now();
-        self.sent.add();
+        add(&self.sent, 1);
         if sent.saturating_duration_since(due) > LATE {
-            self.late.add();
+            add(&self.late, 1);
         }
         let body = TripRequest { pickup, dropoff };
         let Some(answer) = self.post("POST /v1/trips", "/v1/trips", token, &body).await else {
@@ -210,7 +197,7 @@ impl Trips {
         };
         match serde_json::from_slice::<Trip>(&answer) {
             Ok(trip) => {
-                self.requested.add();
+                add(&self.requested, 1);
                 self.timing.lock().unwrap().entry(trip.id).or_default().0 = Some(sent);
             }
             Err(_) => self.errors.note("POST /v1/trips: unreadable answer"),
@@ -250,7 +237,7 @@ impl Trips {
         {
             return;
         }
-        self.accepted.add();
+        add(&self.accepted, 1);
         for step in ["arrive", "start", "complete"] {
             tokio::time::sleep(self.steps.ride_step).await;
             let what = format!("POST /v1/trips/{{id}}/{step}");
@@ -259,7 +246,7 @@ impl Trips {
                 return;
             }
         }
-        self.completed.add();
+        add(&self.completed, 1);
     }
 
     async fn post_permitted(&self, what: &str, path: &str, token: &str) -> Option<Vec<u8>> {
@@ -365,12 +352,12 @@ impl Trips {
             .filter(|(sent, offered)| sent.is_some() && offered.is_none())
             .count() as u64;
         Outcome {
-            sent: self.sent.get(),
-            requested: self.requested.get(),
+            sent: get(&self.sent),
+            requested: get(&self.requested),
             unoffered,
-            accepted: self.accepted.get(),
-            completed: self.completed.get(),
-            late: self.late.get(),
+            accepted: get(&self.accepted),
+            completed: get(&self.completed),
+            late: get(&self.late),
             latencies_ms,
         }
     }
