@@ -314,7 +314,7 @@ pub async fn candidates(sources: &Sources<'_>, trip_id: &str) -> Result<Candidat
             eta_s: eta
                 .pickup_eta_s(candidate.position, trip.pickup, candidate.distance_m)
                 .round(),
-            excluded: excluded.get(candidate.driver_id.as_ref()).cloned(),
+            excluded: excluded.get(candidate.driver_id.as_str()).cloned(),
         });
     }
     candidates.sort_by(|a, b| a.eta_s.total_cmp(&b.eta_s));

@@ -1,9 +1,10 @@
 //! Ranking candidates (DESIGN §4): the innermost search radius that has any, then pickup
 //! ETA through the [`Eta`] trait a road router can implement. Pure.
 
-use std::sync::Arc;
-
-use crate::{fleet::Candidate, geometry::LatLng};
+use crate::{
+    fleet::{Candidate, DriverId},
+    geometry::LatLng,
+};
 
 /// Estimated time for a driver to reach a pickup. Behind a trait so a road router (OSRM,
 /// Valhalla) can replace the straight-line estimate.
@@ -26,7 +27,7 @@ impl Eta for StraightLineEta {
 /// A candidate with the inputs of its ranking, so "why this driver?" has an answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RankedCandidate {
-    pub driver_id: Arc<str>,
+    pub driver_id: DriverId,
     pub distance_m: f64,
     pub eta_s: f64,
     /// Search radius the candidate was found in.

@@ -69,6 +69,18 @@ struct Slot {
     version: u64,
 }
 
+/// What the nearest-driver query reads of a driver whose row made the answer: kept in its
+/// own cache line, apart from the slot (whose fields a query would find over three lines),
+/// and written with the row (see [`FleetIndex::place`]). Meaningful only while the
+/// driver has a row.
+#[derive(Debug, Clone)]
+#[repr(align(64))]
+struct Answer {
+    id: DriverId,
+    position: Option<LatLng>,
+    last_ping: Instant,
+}
+
 /// A driver's slot, held by its socket so that a ping finds the driver without hashing
 /// its id. Right while the slot holds this driver: the slot keeps the very `Arc` of the
 /// id that the key holds (and the key's clone keeps that address from being reused);
@@ -85,10 +97,14 @@ impl DriverKey {
     }
 }
 
+/// A driver's id as the nearest-driver query answers with it: held inline up to 24 bytes
+/// (the server's ids are 24), so answering copies it instead of following a pointer.
+pub type DriverId = compact_str::CompactString;
+
 /// A driver the dispatcher may offer a trip to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Candidate {
-    pub driver_id: Arc<str>,
+    pub driver_id: DriverId,
     pub position: LatLng,
     pub distance_m: f64,
 }
@@ -139,6 +155,8 @@ pub struct FleetChanges {
 pub struct FleetIndex {
     pages: Pages,
     slots: Vec<Option<Slot>>,
+    /// By slot, as `slots`.
+    answers: Vec<Answer>,
     free_slots: Vec<u32>,
     by_id: Ids,
     stale_after: Duration,
@@ -156,6 +174,7 @@ impl FleetIndex {
         FleetIndex {
             pages: Pages::default(),
             slots: Vec::new(),
+            answers: Vec::new(),
             free_slots: Vec::new(),
             by_id: Ids::default(),
             stale_after,
@@ -259,13 +278,20 @@ impl FleetIndex {
             odometer: None,
             version: self.clock,
         };
+        let answer = Answer {
+            id: DriverId::from(driver_id),
+            position: None,
+            last_ping: now,
+        };
         let index = match self.free_slots.pop() {
             Some(index) => {
                 self.slots[index as usize] = Some(slot);
+                self.answers[index as usize] = answer;
                 index
             }
             None => {
                 self.slots.push(Some(slot));
+                self.answers.push(answer);
                 (self.slots.len() - 1) as u32
             }
         };
@@ -401,6 +427,9 @@ impl FleetIndex {
                     None => (self.pages.insert(position, row), None),
                 };
                 slot.place = Some(place);
+                let answer = &mut self.answers[index as usize];
+                answer.position = slot.position;
+                answer.last_ping = slot.last_ping;
                 (old, shifted)
             }
             (None, Some(old)) => {

@@ -19,8 +19,8 @@ use tokio::time::Instant;
 
 use crate::{geometry::LatLng, protocol::operators::Stats, trip::Timestamp};
 pub use index::{
-    Availability, Candidate, DriverKey, DriverRecord, DriverState, DriverStatus, DriverView,
-    FleetChanges, FleetIndex, PingOutcome,
+    Availability, Candidate, DriverId, DriverKey, DriverRecord, DriverState, DriverStatus,
+    DriverView, FleetChanges, FleetIndex, PingOutcome,
 };
 
 /// Shared handle to the fleet index. Cheap to share behind an `Arc`.

@@ -12,7 +12,7 @@ use crate::{
         batch,
         rank::{self, RankedCandidate},
     },
-    fleet::Candidate,
+    fleet::{Candidate, DriverId},
     ids::new_id,
     protocol::{OfferMessage, operators::BatchInfo},
     store::NewOffer,
@@ -121,8 +121,8 @@ impl Book {
         let started = std::time::Instant::now();
         due.sort_by_key(|trip_id| self.trips.get(trip_id).map(|p| p.since));
         due.truncate(policy.max_trips);
-        let mut drivers: Vec<std::sync::Arc<str>> = Vec::new();
-        let mut index_of: HashMap<std::sync::Arc<str>, usize> = HashMap::new();
+        let mut drivers: Vec<DriverId> = Vec::new();
+        let mut index_of: HashMap<DriverId, usize> = HashMap::new();
         let mut ranked_per_trip = Vec::with_capacity(due.len());
         let mut options = Vec::with_capacity(due.len());
         for trip_id in &due {

@@ -3,8 +3,8 @@
 use tokio::time::Instant;
 
 use super::{
-    Candidate, DriverState, DriverStatus, DriverView, FleetChanges, FleetIndex, REMOVED_LOG, Slot,
-    pages::CELL_SIDE_M,
+    Answer, Candidate, DriverState, DriverStatus, DriverView, FleetChanges, FleetIndex,
+    REMOVED_LOG, Slot, pages::CELL_SIDE_M,
 };
 use crate::{
     geometry::{self, LatLng},
@@ -62,8 +62,8 @@ impl FleetIndex {
         let by_distance = |a: &(f64, u32), b: &(f64, u32)| a.0.total_cmp(&b.0);
         // Drivers within reach: (squared chord, slot).
         let mut within: Vec<(f64, u32)> = Vec::with_capacity(64);
-        // The answer's drivers: (squared chord, slot, position).
-        let mut found: Vec<(f64, &Slot, LatLng)> = Vec::with_capacity(k);
+        // The answer's drivers: (squared chord, what to answer with, position).
+        let mut found: Vec<(f64, &Answer, LatLng)> = Vec::with_capacity(k);
         loop {
             within.clear();
             found.clear();
@@ -90,24 +90,20 @@ impl FleetIndex {
                 }
                 let (squared, index) = within[next];
                 next += 1;
-                let Some(slot) = self.slots[index as usize].as_ref() else {
+                // Every row has its answer (rows are written with them).
+                let answer = &self.answers[index as usize];
+                let fresh = fresh_since.is_none_or(|since| answer.last_ping >= since);
+                let Some(position) = answer.position.filter(|_| fresh && !exclude(&answer.id))
+                else {
                     continue;
                 };
-                let fresh = fresh_since.is_none_or(|since| slot.last_ping >= since);
-                let Some(position) = slot.position.filter(|_| fresh && !exclude(&slot.id)) else {
-                    continue;
-                };
-                // Read the id now, while the other drivers' reads are in flight: cloning
-                // it below is an atomic increment, which waits for every read before it,
-                // so a miss there would be waited for alone, one driver after another.
-                std::hint::black_box(slot.id.as_bytes().first().copied());
-                found.push((squared, slot, position));
+                found.push((squared, answer, position));
             }
             if found.len() == k || reach >= radius_m {
                 return found
                     .iter()
-                    .map(|&(squared, slot, position)| Candidate {
-                        driver_id: slot.id.clone(),
+                    .map(|&(squared, answer, position)| Candidate {
+                        driver_id: answer.id.clone(),
                         position,
                         distance_m: geometry::distance_m_for_chord(squared.sqrt()),
                     })
