@@ -117,7 +117,17 @@ pub fn chord_for_distance_m(distance_m: f64) -> f64 {
 
 /// Great-circle distance in metres for a chord length on the unit sphere.
 pub fn distance_m_for_chord(chord: f64) -> f64 {
-    2.0 * (chord / 2.0).clamp(0.0, 1.0).asin() * EARTH_RADIUS_M
+    let half = (chord / 2.0).clamp(0.0, 1.0);
+    // Below 10⁻³ (13 km) asin's series to x⁷ is exact in double precision (the next term
+    // is under x⁹ ≈ 10⁻²⁷ of x), and takes no call into libm: the nearest-driver query
+    // converts a chord per driver it answers with.
+    let angle = if half < 1e-3 {
+        let square = half * half;
+        half * (1.0 + square * (1.0 / 6.0 + square * (3.0 / 40.0 + square * (5.0 / 112.0))))
+    } else {
+        half.asin()
+    };
+    2.0 * angle * EARTH_RADIUS_M
 }
 
 /// Squared straight-line distance between two 3-D points.
@@ -184,6 +194,20 @@ mod tests {
         let chord_b = squared_distance(&origin.unit_vector(), &b.unit_vector()).sqrt();
         assert!(chord_a < chord_b);
         assert!((distance_m_for_chord(chord_a) - origin.distance_m(&a)).abs() < 0.01);
+    }
+
+    #[test]
+    fn short_chords_convert_as_asin_does() {
+        // The series below 10⁻³ and asin above it, on both sides of the switch.
+        for half in [1e-9, 1e-6, 2.4e-4, 9.99e-4, 1e-3, 1.01e-3] {
+            let by_asin = 2.0 * f64::asin(half) * EARTH_RADIUS_M;
+            let converted = distance_m_for_chord(2.0 * half);
+            assert!(
+                (converted - by_asin).abs() <= 4.0 * f64::EPSILON * by_asin,
+                "{half}: {converted} vs {by_asin}"
+            );
+        }
+        assert_eq!(distance_m_for_chord(0.0), 0.0);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 pub use crate::protocol::operators::{DriverState, DriverStatus, DriverView};
 use crate::{geometry::LatLng, trip::Timestamp};
-use pages::{Pages, Place, Row};
+use pages::{Driver, Pages, Place};
 
 /// No taxi drives faster between two pings (252 km/h).
 pub const DEFAULT_MAX_SPEED_MPS: f64 = 70.0;
@@ -417,7 +417,7 @@ impl FleetIndex {
         // The place the driver's row left (if it moved), and whose row took it.
         let (vacated, shifted) = match (position, slot.place) {
             (Some(position), old) => {
-                let row = Row {
+                let row = Driver {
                     unit: slot.unit,
                     slot: index,
                     ready: slot.sockets > 0,

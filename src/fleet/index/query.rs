@@ -1,5 +1,6 @@
 //! Reading the fleet: the nearest dispatchable drivers, and what operators see.
 
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use super::{
@@ -61,18 +62,17 @@ impl FleetIndex {
         let fresh_since = now.checked_sub(self.stale_after);
         let by_distance = |a: &(f64, u32), b: &(f64, u32)| a.0.total_cmp(&b.0);
         // Drivers within reach: (squared chord, slot).
-        let mut within: Vec<(f64, u32)> = Vec::with_capacity(64);
+        let mut within: SmallVec<[(f64, u32); 128]> = SmallVec::new();
         // The answer's drivers: (squared chord, what to answer with, position).
-        let mut found: Vec<(f64, &Answer, LatLng)> = Vec::with_capacity(k);
+        let mut found: SmallVec<[(f64, &Answer, LatLng); 16]> = SmallVec::new();
         loop {
             within.clear();
             found.clear();
             let reach_chord = geometry::chord_for_distance_m(reach);
             let reach_squared = reach_chord * reach_chord;
-            self.pages.near(pickup, reach, |row| {
-                let squared = geometry::squared_distance(&query, &row.unit);
-                if squared <= reach_squared && row.ready {
-                    within.push((squared, row.slot));
+            self.pages.near(pickup, &query, reach, |squared, row| {
+                if squared <= reach_squared && row.ready() {
+                    within.push((squared, row.slot()));
                 }
             });
             // Only the nearest are put in order: as many as the answer still lacks, then

@@ -315,9 +315,11 @@ fn assert_consistent(index: &FleetIndex) {
     let mut placed = 0;
     for (i, slot) in index.slots.iter().enumerate() {
         if let Some(place) = slot.as_ref().and_then(|slot| slot.place) {
-            let row = index.pages.row(place);
-            assert_eq!(row.slot as usize, i);
-            assert_eq!(row.unit, slot.as_ref().unwrap().unit);
+            let (row_slot, squared) = index.pages.row(place, &slot.as_ref().unwrap().unit);
+            assert_eq!(row_slot as usize, i);
+            // The row's single-precision offset keeps the position to a millimetre.
+            let chord_of_a_millimetre = 1e-3 / crate::geometry::EARTH_RADIUS_M;
+            assert!(squared.sqrt() < chord_of_a_millimetre, "{squared}");
             placed += 1;
         }
     }
