@@ -5,7 +5,8 @@ use tokio::time::Instant;
 
 use super::{
     Answer, Candidate, DriverState, DriverStatus, DriverView, FleetChanges, FleetIndex,
-    REMOVED_LOG, Slot, pages::CELL_SIDE_M,
+    REMOVED_LOG, Slot,
+    pages::{self, CELL_SIDE_M},
 };
 use crate::{
     geometry::{self, LatLng},
@@ -87,6 +88,9 @@ impl FleetIndex {
                     }
                     sorted = (sorted + want).min(within.len());
                     within[next..sorted].sort_unstable_by(by_distance);
+                    for &(_, index) in &within[next..sorted] {
+                        pages::prefetch(&self.answers[index as usize]);
+                    }
                 }
                 let (squared, index) = within[next];
                 next += 1;
