@@ -8,7 +8,8 @@
 //! block gets its first driver (empty blocks stay until [`Pages::sweep_empty`]). A query
 //! asks the tree for the blocks meeting a latitude/longitude box around the pickup — a
 //! few thousand blocks hold a country's 250,000 drivers, so the tree stays in the cache —
-//! and reads the rows of the cells the box meets, a few contiguous cache lines each.
+//! and reads the rows of the cells the box meets, a few contiguous cache lines each (a
+//! row is 16 bytes: see [`Row`]).
 
 use rstar::{
     AABB, Envelope, ParentNode, RStarInsertionStrategy, RTree, RTreeNode, RTreeObject, RTreeParams,

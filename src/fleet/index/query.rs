@@ -33,9 +33,11 @@ impl FleetIndex {
     /// Reads the pages around the pickup that can hold a driver within `reach`; once k
     /// drivers within `reach` are found they are the k nearest, and until then the reach
     /// widens (× 1.5, up to `radius_m`). The first reach is guessed from how many drivers
-    /// the cells around the pickup hold, so that it usually holds k. The slot behind a
-    /// row is read only for the drivers that make the answer (to check that it pinged
-    /// lately, to ask `exclude`, and to answer).
+    /// the cells around the pickup hold, so that it usually holds k. A driver's
+    /// `Answer` (one cache line) is read only for the drivers that make the answer (to
+    /// check that it pinged lately, to ask `exclude`, and to answer); the pages' rows and
+    /// the answers' lines are asked for ahead of their reads, so that their cache misses
+    /// overlap.
     pub fn nearest_available(
         &self,
         pickup: LatLng,
