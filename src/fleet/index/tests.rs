@@ -310,16 +310,23 @@ fn changes_are_reported_once_per_reader_version() {
     assert!(later.drivers.iter().all(|d| d.id != "b"));
 }
 
-/// Every slot's place names a row of that slot, and every row is some slot's.
+/// Every slot's place names a row of that slot, every row is some slot's, and a placed
+/// driver's answer line says what its slot does.
 fn assert_consistent(index: &FleetIndex) {
     let mut placed = 0;
     for (i, slot) in index.slots.iter().enumerate() {
-        if let Some(place) = slot.as_ref().and_then(|slot| slot.place) {
-            let (row_slot, squared) = index.pages.row(place, &slot.as_ref().unwrap().unit);
+        let Some(slot) = slot else { continue };
+        if let Some(place) = slot.place {
+            let (row_slot, squared) = index.pages.row(place, &slot.unit);
             assert_eq!(row_slot as usize, i);
             // The row's single-precision offset keeps the position to a millimetre.
             let chord_of_a_millimetre = 1e-3 / crate::geometry::EARTH_RADIUS_M;
             assert!(squared.sqrt() < chord_of_a_millimetre, "{squared}");
+            let answer = &index.answers[i];
+            assert_eq!(
+                (answer.id.as_str(), answer.position, answer.last_ping),
+                (&*slot.id, slot.position, slot.last_ping)
+            );
             placed += 1;
         }
     }
