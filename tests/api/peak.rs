@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use hail::{
+    protocol::operators::SearchResults,
     sim::{
         load::{self, LoadConfig},
         peak::{self, PeakConfig},
@@ -23,6 +24,16 @@ async fn city_server(backend: Backend) -> TestServer {
         c.limits.write_limit_per_min = 1_000_000;
     })
     .await
+}
+
+/// The drivers the generators onboarded ("Load driver N"), as an operator's search finds
+/// them.
+async fn load_drivers(server: &TestServer) -> usize {
+    let found: SearchResults = server
+        .get("/v1/ops/search?q=load%20driver", OPERATOR_TOKEN)
+        .await
+        .ok();
+    found.drivers.len()
 }
 
 fn small_peak(server: &TestServer) -> PeakConfig {
@@ -62,6 +73,8 @@ async fn every_request_is_offered_and_answered(backend: Backend) {
         "{report:?}"
     );
     assert!(report.console.is_none());
+    // Its drivers are accounts an operator finds by name.
+    assert!(load_drivers(&server).await > 0);
 
     // What the generator was told agrees with the server.
     let snapshot = server.snapshot().await;
@@ -178,6 +191,7 @@ async fn bad_arguments_are_refused(backend: Backend) {
         assert!(format!("{error:#}").contains(expected), "{error:#}");
     }
     // Nothing was onboarded: the arguments were checked first.
+    assert_eq!(load_drivers(&server).await, 0);
     assert_eq!(server.snapshot().await.stats.drivers_online, 0);
 }
 
