@@ -468,7 +468,7 @@ pub(super) fn prefetch<T>(data: *const T) {
 /// The blocks under `node` whose envelope meets `area`. rstar's
 /// `locate_in_envelope_intersecting` stacks every child of a node it enters and then
 /// checks each as it takes it off; this checks each child where it lies and enters only
-/// the nodes that meet the area — a third of the query's instructions went to the stack
+/// the nodes that meet the area — a sixth of the query's instructions went to the stack
 /// (`benches/fleet.rs` under cachegrind).
 fn blocks_meeting<'a>(
     node: &'a ParentNode<BlockEntry>,
