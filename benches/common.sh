@@ -27,3 +27,19 @@ start_redis() {
     done
     redis-cli -p "$redis_port" ping >/dev/null
 }
+
+# Sets HAIL to the release build (built now) unless the caller named another binary.
+release_hail() {
+    if [ -z "${HAIL:-}" ]; then
+        cargo build --locked --release 2>&1 | grep -v '^ *Compiling' >&2 || true
+        HAIL=target/release/hail
+    fi
+}
+
+# Waits up to 10 s for the hail on loopback port $1 to answer /readyz.
+wait_ready() {
+    for _ in $(seq 100); do
+        curl -fs "http://127.0.0.1:$1/readyz" >/dev/null && return
+        sleep 0.1
+    done
+}

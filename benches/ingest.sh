@@ -44,10 +44,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-if [ -z "$HAIL" ]; then
-    cargo build --locked --release 2>&1 | grep -v '^ *Compiling' >&2 || true
-    HAIL=target/release/hail
-fi
+release_hail
 echo "machine: $(nproc) cores; server, load generator and Redis all on it"
 echo "load before: $(uptime)"
 
@@ -67,10 +64,7 @@ HAIL_LISTEN=127.0.0.1:$port HAIL_DATABASE_URL="sqlite://$work/hail.db" HAIL_OPER
     HAIL_SIGNUP_LIMIT_PER_MIN=100000000 HAIL_WRITE_LIMIT_PER_MIN=100000000 HAIL_LOG=warn \
     HAIL_SOCKET_MESSAGES_PER_S=$MESSAGES_PER_S "$HAIL" serve >"$work/serve.log" 2>&1 &
 hail_pid=$!
-for _ in $(seq 100); do
-    curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && break
-    sleep 0.1
-done
+wait_ready "$port"
 if [ -n "${PERF:-}" ]; then
     # Starts 10 s after the sockets begin pinging (past a 5 s warm-up), for 10 s.
     (
