@@ -42,6 +42,10 @@ pub struct Metrics {
     pub bus_lag: Histogram,
     /// Fares capped at `HAIL_FARE_CAP_FACTOR` × their estimate (flagged for review).
     pub fares_capped: Counter,
+    /// Set when scraped: store connections in use, and writes queued for SQLite's one
+    /// writer.
+    pub store_connections_in_use: Gauge,
+    pub store_writes_waiting: Gauge,
 }
 
 impl Metrics {
@@ -132,7 +136,21 @@ impl Metrics {
             "Final fares capped at the configured multiple of their estimate",
             fares_capped.clone(),
         );
+        let store_connections_in_use = Gauge::default();
+        registry.register(
+            "store_connections_in_use",
+            "Store connections taken by queries (of HAIL_DB_MAX_CONNECTIONS)",
+            store_connections_in_use.clone(),
+        );
+        let store_writes_waiting = Gauge::default();
+        registry.register(
+            "store_writes_waiting",
+            "Writes waiting in this process for SQLite's one writer (0 on PostgreSQL)",
+            store_writes_waiting.clone(),
+        );
         Metrics {
+            store_connections_in_use,
+            store_writes_waiting,
             fares_capped,
             registry,
             location_pings,

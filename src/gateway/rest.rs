@@ -471,7 +471,14 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
                description = "Prometheus metrics, in the OpenMetrics text format")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let rides = &state.rides;
-    rides.metrics.drivers_online.set(rides.fleet.len() as i64);
+    let metrics = &rides.metrics;
+    metrics.drivers_online.set(rides.fleet.len() as i64);
+    metrics
+        .store_connections_in_use
+        .set(rides.store.connections_in_use() as i64);
+    metrics
+        .store_writes_waiting
+        .set(rides.store.writes_waiting() as i64);
     (
         [(
             header::CONTENT_TYPE,

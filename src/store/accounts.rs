@@ -30,6 +30,7 @@ impl Store {
         let hash = token_hash(&account.token);
         let created_at = Timestamp::now().millis();
         retrying(|| async {
+            let _turn = self.write_turn().await;
             sqlx::query(
                 "INSERT INTO accounts (id, role, name, vehicle_plate, token_hash, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6)",

@@ -78,6 +78,7 @@ impl Store {
              WHERE name = 'dispatch' AND (expires_at <= $3 OR holder = $1) RETURNING epoch"
         };
         let epoch: Option<i64> = retrying(|| async {
+            let _turn = self.write_turn().await;
             let query = sqlx::query_scalar(sql)
                 .bind(holder)
                 .bind(expires_at.millis());
@@ -105,6 +106,7 @@ impl Store {
         expires_at: Timestamp,
     ) -> Result<bool, StoreError> {
         let renewed = retrying(|| async {
+            let _turn = self.write_turn().await;
             sqlx::query(
                 "UPDATE dispatch_lease SET expires_at = $1 WHERE name = 'dispatch' AND holder = $2 AND epoch = $3",
             )
@@ -122,6 +124,7 @@ impl Store {
     /// expire.
     pub async fn release_lease(&self, fence: &Fence) -> Result<(), StoreError> {
         retrying(|| async {
+            let _turn = self.write_turn().await;
             sqlx::query(
                 "UPDATE dispatch_lease SET expires_at = 0 WHERE name = 'dispatch' AND holder = $1 AND epoch = $2",
             )
@@ -154,7 +157,7 @@ impl Store {
     /// than `forget_after_ms`.
     pub async fn heartbeat(&self, node: &NodeRow, forget_after_ms: i64) -> Result<(), StoreError> {
         retrying(|| async {
-            let mut tx = self.pool()?.begin().await?;
+            let (_turn, mut tx) = self.begin_write().await?;
             sqlx::query(
                 "INSERT INTO nodes (id, url, drivers_connected, sockets, started_at, last_seen) \
                  VALUES ($1, $2, $3, $4, $5, $6) \

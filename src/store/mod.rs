@@ -21,7 +21,7 @@ use std::{
     future::Future,
     sync::{
         Arc, RwLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -172,7 +172,24 @@ struct Shared {
     /// While set, every operation fails as if the database were unreachable: outage
     /// drills and tests of the 503 path on stores that cannot be stopped from outside.
     simulated_outage: AtomicBool,
+    /// SQLite has one writer. Without this, this process's write transactions meet at
+    /// SQLite's lock: the loser's busy handler sleeps 1, 2, 5, 10… ms between tries (a
+    /// timed build showed single writes of 20, 36, 54, 81, 130, 184, 238 ms: those sleeps
+    /// added up, plus the write — the tail of request → offer at the process limit, README
+    /// "Benchmarks"), each sleeper holding a store connection reads then lack. Here they
+    /// queue in order instead, holding no connection: a tokio mutex, because the turn is
+    /// held across the transaction's awaits. `None` on PostgreSQL, which locks rows.
+    write_lane: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// Writes waiting for their turn in the lane (`/metrics`).
+    writes_waiting: AtomicUsize,
 }
+
+/// A write transaction and, on SQLite, its turn in the write lane: hold both until the
+/// transaction is committed or rolled back (`let (_turn, mut tx) = …`).
+type WriteTransaction = (
+    Option<tokio::sync::OwnedMutexGuard<()>>,
+    sqlx::Transaction<'static, sqlx::Any>,
+);
 
 /// Pool settings per store: SQLite's pragmas, PostgreSQL's session limits.
 fn pool_options(
@@ -289,8 +306,56 @@ impl Store {
                 acquire_timeout,
                 lost: AtomicBool::new(false),
                 simulated_outage: AtomicBool::new(false),
+                write_lane: (backend == "sqlite").then(Arc::default),
+                writes_waiting: AtomicUsize::new(0),
             }),
         })
+    }
+
+    /// Begins a transaction that will write. On SQLite it waits for its turn in the write
+    /// lane first (before taking a connection, so waiting holds none), then takes SQLite's
+    /// write lock at once (`BEGIN IMMEDIATE`): no read in it can go stale before it writes.
+    async fn begin_write(&self) -> Result<WriteTransaction, sqlx::Error> {
+        let pool = self.pool()?;
+        let turn = self.write_turn().await;
+        let tx = if turn.is_some() {
+            pool.begin_with("BEGIN IMMEDIATE").await?
+        } else {
+            pool.begin().await?
+        };
+        Ok((turn, tx))
+    }
+
+    /// The write lane's turn (SQLite; `None` on PostgreSQL), for a statement that writes
+    /// outside a transaction: hold it until the statement is done.
+    async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        /// Counts a waiting write out again however its wait ends (a caller that gives
+        /// up drops the future mid-wait).
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let lane = self.shared.write_lane.clone()?;
+        self.shared.writes_waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.shared.writes_waiting);
+        Some(lane.lock_owned().await)
+    }
+
+    /// Writes waiting for SQLite's writer in this process (always 0 on PostgreSQL).
+    pub fn writes_waiting(&self) -> usize {
+        self.shared.writes_waiting.load(Ordering::Relaxed)
+    }
+
+    /// Store connections taken by queries now (of at most `HAIL_DB_MAX_CONNECTIONS`).
+    pub fn connections_in_use(&self) -> usize {
+        let pool = self
+            .shared
+            .pool
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (pool.size() as usize).saturating_sub(pool.num_idle())
     }
 
     /// The pool, unless no writable database is known or an outage is being simulated.

@@ -141,7 +141,7 @@ impl Store {
     /// offer is refused — or waits and then withdraws this offer with the trip.
     pub async fn make_offer(&self, offer: &NewOffer, fence: &Fence) -> Result<(), StoreError> {
         let result = retrying(|| async {
-            let mut tx = self.pool()?.begin().await?;
+            let (_turn, mut tx) = self.begin_write().await?;
             if !check_fence(&mut tx, fence).await? {
                 tx.rollback().await?;
                 return Ok(Err(StoreError::Fenced));
@@ -275,7 +275,7 @@ impl Store {
         let offer = self.answerable(offer_id, driver_id, now).await?;
         let declined = retrying(|| async {
             let now = now.millis();
-            let mut tx = self.pool()?.begin().await?;
+            let (_turn, mut tx) = self.begin_write().await?;
             let updated = sqlx::query(
                 "UPDATE offers SET state = 'declined', closed_at = $1 \
                  WHERE id = $2 AND driver_id = $3 AND state = 'open' AND expires_at > $1",
@@ -327,7 +327,7 @@ impl Store {
         };
         let closed = retrying(|| async {
             let now = now.millis();
-            let mut tx = self.pool()?.begin().await?;
+            let (_turn, mut tx) = self.begin_write().await?;
             if !check_fence(&mut tx, fence).await? {
                 tx.rollback().await?;
                 return Ok(Err(StoreError::Fenced));

@@ -25,6 +25,7 @@ impl Store {
         let hash = token_hash(&token);
         let now = Timestamp::now().millis();
         let added = retrying(|| async {
+            let _turn = self.write_turn().await;
             sqlx::query(
                 "INSERT INTO operators (name, token_hash, created_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (name) DO UPDATE \
@@ -46,7 +47,7 @@ impl Store {
     pub async fn revoke_operator(&self, name: &str) -> Result<bool, StoreError> {
         let now = Timestamp::now().millis();
         Ok(retrying(|| async {
-            let mut tx = self.pool()?.begin().await?;
+            let (_turn, mut tx) = self.begin_write().await?;
             let revoked = sqlx::query(
                 "UPDATE operators SET token_hash = NULL, revoked_at = $1 \
                  WHERE name = $2 AND revoked_at IS NULL",
@@ -117,7 +118,7 @@ impl Store {
         let hash = token_hash(&ticket);
         let now = Timestamp::now().millis();
         retrying(|| async {
-            let mut tx = self.pool()?.begin().await?;
+            let (_turn, mut tx) = self.begin_write().await?;
             sqlx::query("DELETE FROM socket_tickets WHERE expires_at < $1")
                 .bind(now)
                 .execute(&mut *tx)
@@ -141,6 +142,7 @@ impl Store {
     pub async fn redeem_ticket(&self, ticket: &str) -> Result<Option<String>, StoreError> {
         let hash = token_hash(ticket);
         let row = retrying(|| async {
+            let _turn = self.write_turn().await;
             sqlx::query(
                 "DELETE FROM socket_tickets WHERE ticket_hash = $1 \
                  RETURNING operator, expires_at",

@@ -119,7 +119,7 @@ impl Store {
             trip: trip.clone(),
         };
         let result = retrying(|| async {
-            let mut tx = self.pool()?.begin().await?;
+            let (_turn, mut tx) = self.begin_write().await?;
             sqlx::query(
                 "INSERT INTO trips (id, state, seq, passenger_id, driver_id, pickup_lat, pickup_lng, \
                  dropoff_lat, dropoff_lng, fare_estimate_amount, fare_amount, currency, \
@@ -256,7 +256,7 @@ impl Store {
     ) -> Result<Committed, sqlx::Error> {
         let after = &event.trip;
         let now = event.at.millis();
-        let mut tx = self.pool()?.begin().await?;
+        let (_turn, mut tx) = self.begin_write().await?;
         if let Some(fence) = &cause.fence
             && !check_fence(&mut tx, fence).await?
         {

@@ -251,3 +251,63 @@ crate::on_both_stores!(
     racing_clients_under_serializable_isolation,
     nodes_starting_at_once_migrate_safely,
 );
+
+/// SQLite has one writer. hail's writes queue for it in the process, holding no store
+/// connection while they wait, so a pile of writes stuck behind the lock (here another
+/// process's transaction) leaves the connections to reads; once the lock is free, every
+/// one of them commits. (Without the queue the writers took every connection, sleeping in
+/// SQLite's busy handler, and this read answered 503 after the acquire timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_writes_queue_without_taking_the_connections_reads_need() {
+    use sqlx::Connection as _;
+    const WRITERS: usize = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(Backend::Sqlite, &dir).await;
+    config.db_max_connections = 4;
+    config.db_acquire_timeout_ms = 1_000;
+    let database_url = config.database_url.clone();
+    let server = TestServer::from_config(config, dir).await;
+    let passenger = server.passenger().await;
+    let trip = server
+        .request_trip(&passenger, gangnam(), city_hall())
+        .await;
+
+    let mut other = sqlx::SqliteConnection::connect(&database_url)
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let signups = futures_util::future::join_all((0..WRITERS).map(|_| server.passenger()));
+    let meanwhile = async {
+        // One sign-up waits at SQLite's lock with a connection, the rest in the queue.
+        let queued = format!("hail_store_writes_waiting {}", WRITERS - 1);
+        eventually("sign-ups queued for the writer", || async {
+            let metrics = server.metrics().await;
+            metrics
+                .lines()
+                .any(|line| line == queued)
+                .then_some(metrics)
+        })
+        .await;
+        let metrics = server.metrics().await;
+        assert!(
+            metrics
+                .lines()
+                .any(|line| line == "hail_store_connections_in_use 1"),
+            "{metrics}"
+        );
+        assert_eq!(server.trip(&trip.id, &passenger.token).await.id, trip.id);
+        sqlx::raw_sql("COMMIT").execute(&mut other).await.unwrap();
+    };
+    let (accounts, ()) = tokio::join!(signups, meanwhile);
+    assert_eq!(accounts.len(), WRITERS);
+    let metrics = server.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "hail_store_writes_waiting 0"),
+        "{metrics}"
+    );
+}
