@@ -9,6 +9,9 @@
 #   DRIVERS=5000 SECONDS_MEASURED=20 benches/peak.sh
 #   PERF=1 benches/peak.sh                 # also `perf record -g` the server in the window
 #   HAIL=/tmp/hail-before benches/peak.sh  # another build of hail (serve and peak), no build
+#   KEEP_LOG=/tmp/run1 benches/peak.sh     # keep the server's log (/tmp/run1), the
+#                                          # generator's (.gen) and the server's /metrics
+#                                          # at the end (.metrics)
 #
 # A fresh `hail serve` (release, SQLite in a temporary directory, the per-address and
 # per-user limits lifted as for every benchmark here: the generator is one address and a
@@ -69,7 +72,9 @@ if [ -n "${CONSOLE:-}" ]; then console=(--console); fi
     --requests-per-s "$REQUESTS_PER_S" --duration "${SECONDS_MEASURED}s" \
     --server-pid "$hail_pid" "${console[@]}" --json \
     2> >(tee "$work/peak.err" >&2) | tee "$work/peak.out"
+[ -n "${KEEP_LOG:-}" ] && curl -s "http://127.0.0.1:$port/metrics" >"$KEEP_LOG.metrics"
 echo "load after: $(uptime)"
 echo "server peak RSS: $(awk '/VmHWM/ {print $2, $3}' "/proc/$hail_pid/status")"
 echo "server warnings: $(grep -c . "$work/serve.log")"
+[ -n "${KEEP_LOG:-}" ] && cp "$work/serve.log" "$KEEP_LOG" && cp "$work/peak.err" "$KEEP_LOG.gen"
 sed "s/^[^ ]* *//" "$work/serve.log" | sort | uniq -c | sort -rn | head -5 || true

@@ -139,6 +139,9 @@ pub struct PeakReport {
     /// CPU time over the window ÷ its length (1.0 = one core busy).
     pub server_cores: Option<f64>,
     pub generator_cores: Option<f64>,
+    /// Share of the machine's CPU time over the window that its hypervisor gave to other
+    /// guests (`steal` in `/proc/stat`): a run under much of it measures the neighbours.
+    pub cpu_stolen: Option<f64>,
 }
 
 pub async fn run(config: PeakConfig) -> anyhow::Result<PeakReport> {
@@ -230,6 +233,7 @@ pub async fn run(config: PeakConfig) -> anyhow::Result<PeakReport> {
 
     let server_cpu0 = config.server_pid.map(cpu_seconds).transpose()?;
     let own_cpu0 = cpu_seconds(std::process::id()).ok();
+    let machine0 = machine_ticks().ok();
     let (t0, pings0) = (Instant::now(), accepted_pings(&metrics_url).await?);
     trips
         .request_all(passengers, config.requests_per_s, config.seed)
@@ -244,6 +248,7 @@ pub async fn run(config: PeakConfig) -> anyhow::Result<PeakReport> {
         errors.note("server: its CPU time unreadable at the end of the window (gone?)");
     }
     let own_cpu1 = cpu_seconds(std::process::id()).ok();
+    let machine1 = machine_ticks().ok();
     let window = (t1 - t0).as_secs_f64();
 
     trips.wait_for_offers(Instant::now() + config.drain).await;
@@ -295,7 +300,29 @@ pub async fn run(config: PeakConfig) -> anyhow::Result<PeakReport> {
         console,
         server_cores: server_cpu0.zip(server_cpu1).map(|(a, b)| (b - a) / window),
         generator_cores: own_cpu0.zip(own_cpu1).map(|(a, b)| (b - a) / window),
+        cpu_stolen: machine0
+            .zip(machine1)
+            .and_then(|((stolen0, all0), (stolen1, all1))| {
+                (all1 > all0).then(|| (stolen1 - stolen0) / (all1 - all0))
+            }),
     })
+}
+
+/// The machine's CPU time so far as (stolen, all) ticks, from `/proc/stat`'s `cpu` line:
+/// user, nice, system, idle, iowait, irq, softirq, steal (guest time is inside user).
+fn machine_ticks() -> anyhow::Result<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let ticks = stat
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("cpu "))
+        .ok_or_else(|| anyhow::anyhow!("no cpu line in /proc/stat"))?
+        .split_whitespace()
+        .take(8)
+        .map(str::parse::<f64>)
+        .collect::<Result<Vec<_>, _>>()?;
+    anyhow::ensure!(ticks.len() == 8, "short cpu line in /proc/stat");
+    Ok((ticks[7], ticks.iter().sum()))
 }
 
 /// User + system CPU seconds a process has used, from `/proc/<pid>/stat`.
@@ -330,7 +357,7 @@ impl PeakReport {
              requests                 {} sent, {} answered 201, {} late (> 10 ms)\n\
              offered                  {} trips ({} offers read, {} accepted, {} rides completed)\n\
              request → offer          p50 {} · p90 {} · p99 {} · max {}\n\
-             server CPU               {} cores (generator {})\n\
+             server CPU               {} cores (generator {}; {} of the machine's stolen)\n\
              errors                   {}\n",
             self.connected,
             self.drivers,
@@ -351,6 +378,8 @@ impl PeakReport {
             ms(latency.max),
             cores(self.server_cores),
             cores(self.generator_cores),
+            self.cpu_stolen
+                .map_or("-".to_string(), |share| format!("{:.1} %", share * 100.0)),
             self.errors_total,
         );
         for (kind, count) in self.errors.iter().filter(|(_, count)| **count > 0) {

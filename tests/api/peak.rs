@@ -115,6 +115,12 @@ async fn a_console_reads_the_operator_stream_through_the_run(backend: Backend) {
         "{console:?}"
     );
     assert!(report.server_cores.is_some_and(|c| c > 0.0), "{report:?}");
+    assert!(
+        report
+            .cpu_stolen
+            .is_some_and(|share| (0.0..=1.0).contains(&share)),
+        "{report:?}"
+    );
 }
 
 async fn errors_are_counted_not_hidden(backend: Backend) {
