@@ -282,32 +282,25 @@ async fn sqlite_writes_queue_without_taking_the_connections_reads_need() {
     let signups = futures_util::future::join_all((0..WRITERS).map(|_| server.passenger()));
     let meanwhile = async {
         // One sign-up waits at SQLite's lock with a connection, the rest in the queue.
-        let queued = format!("hail_store_writes_waiting {}", WRITERS - 1);
         eventually("sign-ups queued for the writer", || async {
-            let metrics = server.metrics().await;
-            metrics
-                .lines()
-                .any(|line| line == queued)
-                .then_some(metrics)
+            let waiting = gauge(&server.metrics().await, "hail_store_writes_waiting");
+            (waiting == Some(WRITERS as i64 - 1)).then_some(())
         })
         .await;
-        let metrics = server.metrics().await;
-        assert!(
-            metrics
-                .lines()
-                .any(|line| line == "hail_store_connections_in_use 1"),
-            "{metrics}"
-        );
+        let in_use = gauge(&server.metrics().await, "hail_store_connections_in_use");
+        assert_eq!(in_use, Some(1));
         assert_eq!(server.trip(&trip.id, &passenger.token).await.id, trip.id);
         sqlx::raw_sql("COMMIT").execute(&mut other).await.unwrap();
     };
     let (accounts, ()) = tokio::join!(signups, meanwhile);
     assert_eq!(accounts.len(), WRITERS);
-    let metrics = server.metrics().await;
-    assert!(
-        metrics
-            .lines()
-            .any(|line| line == "hail_store_writes_waiting 0"),
-        "{metrics}"
-    );
+    let waiting = gauge(&server.metrics().await, "hail_store_writes_waiting");
+    assert_eq!(waiting, Some(0));
+}
+
+/// A gauge's value in `/metrics`' text.
+fn gauge(metrics: &str, name: &str) -> Option<i64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
