@@ -296,6 +296,28 @@ async fn sqlite_writes_queue_without_taking_the_connections_reads_need() {
     assert_eq!(accounts.len(), WRITERS);
     let waiting = gauge(&server.metrics().await, "hail_store_writes_waiting");
     assert_eq!(waiting, Some(0));
+
+    // Writers that give up while queued (their clients hang up) leave the queue.
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let url = format!("{}/v1/passengers", server.base);
+    let gave_up = futures_util::future::join_all(
+        (0..4).map(|_| impatient.post(&url).json(&json!({"name": "Minji"})).send()),
+    )
+    .await;
+    assert!(gave_up.iter().all(|reply| reply.is_err()), "{gave_up:?}");
+    eventually("the queue emptied by writers giving up", || async {
+        let waiting = gauge(&server.metrics().await, "hail_store_writes_waiting");
+        (waiting == Some(0)).then_some(())
+    })
+    .await;
+    sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
 }
 
 /// A gauge's value in `/metrics`' text.
