@@ -14,7 +14,7 @@ use std::{
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::Serialize;
 use tokio::{
-    sync::{Semaphore, mpsc},
+    sync::{Semaphore, mpsc, watch},
     task::JoinSet,
     time::Instant,
 };
@@ -39,6 +39,9 @@ pub(super) const IN_FLIGHT: usize = 128;
 const SIGNING_UP: usize = 32;
 /// A request sent later than this after it was due counts as late (the generator's lag).
 const LATE: Duration = Duration::from_millis(10);
+/// How long the end of a run waits for the rides' requests under way to be answered
+/// before it cuts them off.
+const STOP_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Each failure, counted by kind (`"POST /v1/trips: 503 not_ready"`, …).
 #[derive(Default)]
@@ -94,6 +97,9 @@ pub(super) struct Trips {
     in_flight: Semaphore,
     /// Requests and rides under way; std's mutex: held only to spawn or take.
     tasks: Mutex<JoinSet<()>>,
+    /// Set when the run ends: rides stop between their steps, not in the middle of a
+    /// request, so what they counted is what the server did.
+    stop: watch::Sender<bool>,
     posting: AtomicU64,
     sent: AtomicU64,
     requested: AtomicU64,
@@ -119,6 +125,7 @@ impl Trips {
             timing: Mutex::default(),
             in_flight: Semaphore::new(IN_FLIGHT),
             tasks: Mutex::default(),
+            stop: watch::Sender::new(false),
             posting: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             requested: AtomicU64::new(0),
@@ -228,7 +235,9 @@ impl Trips {
     /// Accept after the think time, then arrive, start and complete a step apart.
     async fn ride(&self, driver: usize, offer_id: &str, trip_id: &str) {
         let token = &self.driver_tokens[driver];
-        tokio::time::sleep(self.steps.think).await;
+        if !self.wait_unless_stopped(self.steps.think).await {
+            return;
+        }
         let accept = format!("/v1/offers/{offer_id}/accept");
         if self
             .post_permitted("POST /v1/offers/{id}/accept", &accept, token)
@@ -239,7 +248,9 @@ impl Trips {
         }
         add(&self.accepted, 1);
         for step in ["arrive", "start", "complete"] {
-            tokio::time::sleep(self.steps.ride_step).await;
+            if !self.wait_unless_stopped(self.steps.ride_step).await {
+                return;
+            }
             let what = format!("POST /v1/trips/{{id}}/{step}");
             let path = format!("/v1/trips/{trip_id}/{step}");
             if self.post_permitted(&what, &path, token).await.is_none() {
@@ -249,8 +260,23 @@ impl Trips {
         add(&self.completed, 1);
     }
 
+    /// Waits `delay`, or less if the run ends meanwhile; false once it has ended.
+    async fn wait_unless_stopped(&self, delay: Duration) -> bool {
+        let mut stop = self.stop.subscribe();
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|stopped| *stopped) => {}
+        }
+        !*self.stop.borrow()
+    }
+
+    /// A ride's request, unless the run ended while it waited for its turn (then `None`,
+    /// and nothing is counted).
     async fn post_permitted(&self, what: &str, path: &str, token: &str) -> Option<Vec<u8>> {
         let _permit = self.in_flight.acquire().await.ok()?;
+        if *self.stop.borrow() {
+            return None;
+        }
         self.post(what, path, token, &serde_json::json!({})).await
     }
 
@@ -331,9 +357,15 @@ impl Trips {
         }
     }
 
-    /// Ends the requests and rides still under way.
+    /// Ends the rides still under way: each stops before its next step, a request already
+    /// sent is answered and counted first (for up to [`STOP_PATIENCE`], then cut off).
     pub async fn stop_rides(&self) {
+        self.stop.send_replace(true);
         let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap());
+        let _ = tokio::time::timeout(STOP_PATIENCE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
         tasks.shutdown().await;
     }
 
@@ -360,5 +392,71 @@ impl Trips {
             late: get(&self.late),
             latencies_ms,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::{Router, extract::State, routing::post};
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// A server whose `complete` is answered only when the test says so.
+    #[derive(Default)]
+    struct Gate {
+        received: Notify,
+        release: Notify,
+    }
+
+    #[tokio::test]
+    async fn a_ride_stopped_with_a_request_under_way_counts_the_answer() {
+        let gate = Arc::new(Gate::default());
+        let app = Router::new()
+            .route("/v1/offers/{id}/accept", post(|| async {}))
+            .route("/v1/trips/{id}/arrive", post(|| async {}))
+            .route("/v1/trips/{id}/start", post(|| async {}))
+            .route(
+                "/v1/trips/{id}/complete",
+                post(|State(gate): State<Arc<Gate>>| async move {
+                    gate.received.notify_one();
+                    gate.release.notified().await;
+                }),
+            )
+            .with_state(gate.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let steps = Steps {
+            think: Duration::ZERO,
+            ride_step: Duration::ZERO,
+        };
+        let errors = Arc::new(Errors::default());
+        let trips = Arc::new(Trips::new(
+            reqwest::Client::new(),
+            base,
+            vec!["driver-token".into()],
+            steps,
+            errors.clone(),
+        ));
+        let riding = trips.clone();
+        trips.spawn(async move { riding.ride(0, "offer-1", "trip-1").await });
+        gate.received.notified().await;
+
+        // The run ends while `complete` is under way; the server answers it after that.
+        let mut stopped = trips.stop.subscribe();
+        let release = async {
+            stopped.wait_for(|stopped| *stopped).await.unwrap();
+            gate.release.notify_one();
+        };
+        tokio::join!(trips.stop_rides(), release);
+
+        let outcome = trips.outcome();
+        assert_eq!(outcome.accepted, 1);
+        assert_eq!(outcome.completed, 1, "the server completed the ride");
+        assert!(errors.take().is_empty());
     }
 }
