@@ -397,8 +397,6 @@ impl Trips {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use axum::{Router, extract::State, routing::post};
     use tokio::sync::Notify;
 
@@ -411,8 +409,9 @@ mod tests {
         release: Notify,
     }
 
-    #[tokio::test]
-    async fn a_ride_stopped_with_a_request_under_way_counts_the_answer() {
+    /// Such a server on a free port, and rides against it (no think time, no steps apart)
+    /// with one of them under way; returns once its `complete` has reached the server.
+    async fn a_ride_at_the_gate() -> (Arc<Trips>, Arc<Gate>, Arc<Errors>) {
         let gate = Arc::new(Gate::default());
         let app = Router::new()
             .route("/v1/offers/{id}/accept", post(|| async {}))
@@ -445,6 +444,12 @@ mod tests {
         let riding = trips.clone();
         trips.spawn(async move { riding.ride(0, "offer-1", "trip-1").await });
         gate.received.notified().await;
+        (trips, gate, errors)
+    }
+
+    #[tokio::test]
+    async fn a_ride_stopped_with_a_request_under_way_counts_the_answer() {
+        let (trips, gate, errors) = a_ride_at_the_gate().await;
 
         // The run ends while `complete` is under way; the server answers it after that.
         let mut stopped = trips.stop.subscribe();
@@ -457,6 +462,21 @@ mod tests {
         let outcome = trips.outcome();
         assert_eq!(outcome.accepted, 1);
         assert_eq!(outcome.completed, 1, "the server completed the ride");
+        assert!(errors.take().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_never_answered_does_not_hold_the_end_of_the_run() {
+        let (trips, _gate, errors) = a_ride_at_the_gate().await;
+
+        // The server never answers `complete`: the run ends after its patience anyway.
+        tokio::time::timeout(STOP_PATIENCE * 2, trips.stop_rides())
+            .await
+            .expect("the rides stopped within the patience");
+
+        let outcome = trips.outcome();
+        assert_eq!(outcome.accepted, 1);
+        assert_eq!(outcome.completed, 0, "no answer, so not counted");
         assert!(errors.take().is_empty());
     }
 }
